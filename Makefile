@@ -1,0 +1,29 @@
+# make help — every target with a one-line description.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# The CPU wheel that lies on disk on CPU machines; on a GPU machine install your CUDA torch first and
+# `make install` keeps it (torch is only installed when it is missing).
+TORCH_CPU ?= torch==2.13.0
+GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthetic_glue)
+
+.PHONY: help install test test-all smoke glue-mrpc-tiny
+
+help:  ## show this help
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+install:  ## install the suite (CPU torch wheel if no torch is present) + test extras
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_CPU)
+	$(PIP) install -e ".[test]"
+
+test:  ## fast test suite (no GPU, no Hub, < 5 min on 2 cores)
+	$(PYTHON) -m pytest -q -m "not slow and not gpu"
+
+test-all:  ## every test, slow ones included
+	$(PYTHON) -m pytest -q
+
+runs/synthetic_glue:
+	$(PYTHON) -c "from lorafa_repro.tasks.glue_data import write_synthetic_glue, GLUE_TASKS; write_synthetic_glue('$@', tasks=list(GLUE_TASKS), n_train=256, n_dev=64)"
+
+smoke: runs/synthetic_glue  ## tiny GLUE run on CPU: FT, LoRA, LoRA-FA, QLoRA on MRPC (real data if ../shared/data exists)
+	$(PYTHON) -m lorafa_repro.train -m model=tiny_roberta trainer=tiny task=glue/mrpc task.data_dir=$(GLUE_DIR) \
+	  method=ft,lora,lora_fa,qlora optim.lr=1e-3 hydra.sweep.dir=runs/smoke

@@ -1,0 +1,116 @@
+"""Method registry: FT, LoRA, LoRA-FA, QLoRA by short name.
+
+Where each method lives:
+  ft      -> methods/ft.py        every weight trained
+  lora    -> methods/lora.py      PEFT LoRA (A and B trained)
+  lora_fa -> methods/lora_fa.py   the paper's LoRA-FA v1: A frozen, B trained
+  qlora   -> methods/lora.py      NF4 4-bit base + PEFT LoRA
+Add a method by writing its ``apply_*`` function and one ``Method`` entry below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from lorafa_repro.methods.ft import apply_ft
+from lorafa_repro.methods.lora import apply_lora, apply_qlora
+from lorafa_repro.methods.lora_fa import apply_lora_fa
+from lorafa_repro.methods.targets import block_linears, head_modules, resolve_target_modules
+
+# (model, *, rank, alpha, lr, weight_decay) -> optimizer; None = the suite's AdamW.
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    apply: Callable[..., nn.Module]
+    uses_adapters: bool = True
+    quantize_4bit: bool = False
+    make_optimizer: Optional[OptimizerFactory] = None
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("ft", "full fine-tuning", apply_ft, uses_adapters=False),
+        Method("lora", "LoRA via PEFT (A and B trained)", apply_lora),
+        Method("lora_fa", "LoRA-FA, paper v1 (A frozen at random init, B trained with AdamW)", apply_lora_fa),
+        Method("qlora", "QLoRA: NF4 + double-quant 4-bit base (bitsandbytes) + PEFT LoRA", apply_qlora,
+               quantize_4bit=True),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+
+
+def apply_method(
+    model: nn.Module,
+    method: str,
+    *,
+    rank: int | None = 8,
+    alpha: float | None = 16,
+    dropout: float = 0.0,
+    target_modules: list[str] | str | None = None,
+    modules_to_save: list[str] | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """Adapt ``model`` with ``method`` and return the model to train.
+
+    ``target_modules``: suffixes of linear-layer names (``["query", "value"]``), or ``None`` for all
+    linear layers in the transformer blocks (the paper's default). ``modules_to_save``: modules trained in
+    full besides the adapters; ``None`` = the model's classification head if it has one.
+    """
+    spec = get_method(method)
+    if not spec.uses_adapters:
+        return spec.apply(model)
+    if rank is None or rank <= 0:
+        raise ValueError(f"{method} needs rank > 0, got {rank}")
+    if alpha is None or alpha <= 0:
+        raise ValueError(f"{method} needs alpha > 0, got {alpha}")
+    targets = resolve_target_modules(model, target_modules)
+    save = head_modules(model) if modules_to_save is None else modules_to_save
+    kwargs = dict(target_modules=targets, rank=rank, alpha=alpha, dropout=dropout, modules_to_save=save)
+    if spec.quantize_4bit:
+        kwargs["compute_dtype"] = compute_dtype
+    return spec.apply(model, **kwargs)
+
+
+def build_optimizer(
+    model: nn.Module, method: str, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8, rank: int | None = None, alpha: float | None = None,
+) -> torch.optim.Optimizer:
+    """The method's own optimizer if it has one, else AdamW over the trainable parameters.
+
+    Weight decay skips biases and norm weights (1-D tensors), as in HF's run_glue.
+    QLoRA on CUDA uses bitsandbytes' paged AdamW (32-bit states), as in the QLoRA paper.
+    """
+    spec = get_method(method)
+    if spec.make_optimizer is not None:
+        return spec.make_optimizer(model, rank=rank, alpha=alpha, lr=lr, weight_decay=weight_decay)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    on_cuda = any(p.is_cuda for _, p in trainable)
+    if spec.quantize_4bit and on_cuda:
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW32bit(groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+__all__ = ["METHODS", "Method", "apply_method", "block_linears", "build_optimizer", "get_method",
+           "head_modules", "resolve_target_modules"]

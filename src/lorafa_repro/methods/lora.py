@@ -1,0 +1,39 @@
+"""LoRA and QLoRA through PEFT."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from lorafa_repro.methods.quantize import quantize_linears_4bit
+from lorafa_repro.methods.targets import block_linears
+
+
+def lora_config(*, target_modules: list[str], rank: int, alpha: float, dropout: float,
+                modules_to_save: list[str] | None = None) -> LoraConfig:
+    # Full module names are matched exactly by PEFT (a name is a suffix of itself).
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                      modules_to_save=modules_to_save or None, bias="none")
+
+
+def apply_lora(model: nn.Module, *, target_modules: list[str], rank: int, alpha: float, dropout: float,
+               modules_to_save: list[str] | None = None, **_: object) -> PeftModel:
+    """PEFT LoRA: A (Kaiming-uniform) and B (zeros) both trained."""
+    cfg = lora_config(target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout,
+                      modules_to_save=modules_to_save)
+    return get_peft_model(model, cfg)
+
+
+def apply_qlora(model: nn.Module, *, target_modules: list[str], rank: int, alpha: float, dropout: float,
+                modules_to_save: list[str] | None = None, compute_dtype: torch.dtype = torch.float32,
+                **_: object) -> PeftModel:
+    """QLoRA: every block linear quantized to NF4 with double quantization, then PEFT LoRA on top.
+
+    PEFT's ``prepare_model_for_kbit_training`` is *not* called: it upcasts embeddings/norms to fp32 and
+    turns on gradient checkpointing, which changes the memory being compared (PEFT #1149). Gradient
+    checkpointing is a separate switch (trainer.gradient_checkpointing).
+    """
+    quantize_linears_4bit(model, block_linears(model), compute_dtype)
+    return apply_lora(model, target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout,
+                      modules_to_save=modules_to_save)

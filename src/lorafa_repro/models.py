@@ -1,0 +1,144 @@
+"""Model and tokenizer loading: shipped architecture configs (random init, no download), any Hugging Face
+Hub id or local directory (real weights), and a byte-level tokenizer that needs no download."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
+
+# The byte tokenizer's special tokens; bytes follow at ids 5..260.
+BYTE_SPECIALS = ("<pad>", "</s>", "<unk>", "<s>", "<mask>")
+PAD_ID, EOS_ID, UNK_ID, BOS_ID, MASK_ID = range(5)
+BYTE_VOCAB_SIZE = len(BYTE_SPECIALS) + 256
+
+
+def shipped_config_names() -> list[str]:
+    root = resources.files("lorafa_repro") / "model_configs"
+    return sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def shipped_config(name: str, **overrides: Any) -> PretrainedConfig:
+    """An architecture config shipped in the package (``roberta-base``, ``tiny-llama``, ...)."""
+    if name not in shipped_config_names():
+        raise ValueError(f"no shipped config {name!r}; have {shipped_config_names()}")
+    data = json.loads((resources.files("lorafa_repro") / "model_configs" / f"{name}.json").read_text())
+    data.update(overrides)
+    model_type = data.pop("model_type")
+    return AutoConfig.for_model(model_type, **data)
+
+
+@lru_cache(maxsize=None)
+def _byte_backend_json(arch: str) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = ByteLevel.alphabet()  # 256 printable stand-ins for the 256 byte values
+    vocab = {tok: i for i, tok in enumerate(BYTE_SPECIALS)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = [(t, i) for i, t in enumerate(BYTE_SPECIALS)]
+    if arch == "encoder":  # RoBERTa: <s> A </s></s> B </s>
+        single, pair = "<s> $A </s>", "<s> $A </s> </s> $B </s>"
+    elif arch == "encoder_decoder":  # T5: A </s> B </s>
+        single, pair = "$A </s>", "$A </s> $B </s>"
+    else:  # LLaMA: <s> A
+        single, pair = "<s> $A", "<s> $A $B"
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+    tok.add_special_tokens(list(BYTE_SPECIALS))
+    return tok.to_str()
+
+
+def byte_tokenizer(arch: str) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (261 ids) with the special-token layout the given architecture expects."""
+    from tokenizers import Tokenizer
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_byte_backend_json(arch)),
+        pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>", mask_token="<mask>",
+        cls_token="<s>", sep_token="</s>", padding_side="left" if arch == "decoder" else "right",
+    )
+
+
+def _auto_class(arch: str, task_kind: str):
+    if task_kind == "classification":
+        return AutoModelForSequenceClassification
+    return AutoModelForSeq2SeqLM if arch == "encoder_decoder" else AutoModelForCausalLM
+
+
+def build_config(model_cfg: Any, *, num_labels: int | None = None) -> PretrainedConfig:
+    """The transformers config for a model entry; ``num_labels`` for classification heads."""
+    extra: dict[str, Any] = {}
+    if num_labels is not None:
+        extra["num_labels"] = num_labels
+        if num_labels == 1:
+            extra["problem_type"] = "regression"
+    if model_cfg.source == "shipped":
+        cfg = shipped_config(model_cfg.path, **extra)
+        if model_cfg.tokenizer == "byte":  # align special ids with the byte tokenizer
+            cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = PAD_ID, EOS_ID, BOS_ID
+            if cfg.is_encoder_decoder:
+                cfg.decoder_start_token_id = PAD_ID
+        return cfg
+    kwargs = {"gguf_file": model_cfg.gguf_file} if model_cfg.gguf_file else {}
+    return AutoConfig.from_pretrained(model_cfg.path, **kwargs, **extra)
+
+
+def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerFast:
+    if model_cfg.tokenizer == "byte":
+        return byte_tokenizer(model_cfg.arch)
+    name = model_cfg.tokenizer or model_cfg.path
+    kwargs = {"gguf_file": model_cfg.gguf_file} if model_cfg.gguf_file and name == model_cfg.path else {}
+    tok = AutoTokenizer.from_pretrained(name, **kwargs)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_model(model_cfg: Any, *, task_kind: str, num_labels: int | None = None,
+                dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Random init from a shipped config, or real weights from the Hub / a local directory."""
+    config = build_config(model_cfg, num_labels=num_labels)
+    cls = _auto_class(model_cfg.arch, task_kind)
+    if model_cfg.source == "shipped":
+        model = cls.from_config(config, dtype=dtype)
+    else:
+        kwargs = {"gguf_file": model_cfg.gguf_file} if model_cfg.gguf_file else {}
+        model = cls.from_pretrained(model_cfg.path, config=config, dtype=dtype, **kwargs)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
+    return model
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameter counts (4-bit packed weights counted as their logical size)."""
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.dtype == torch.uint8 and hasattr(p, "quant_state"):  # bnb Params4bit: 2 values per byte
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return {"trainable": trainable, "total": total}
+
+
+def model_dir_exists(path: str) -> bool:
+    return Path(path).is_dir()

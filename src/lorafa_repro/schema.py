@@ -1,0 +1,237 @@
+"""Typed configuration schema and the checks that run before any model is loaded.
+
+Hydra merges every YAML file under ``conf/`` into :class:`TrainConfig` (registered in Hydra's
+ConfigStore as ``train_schema``), so unknown keys and wrong types are rejected by OmegaConf.
+Value checks (rank > 0, a known method, a task that fits the model, local data present, ...)
+live in :func:`validate` and raise :class:`ConfigError` with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A value a user can fix with an override; the message says which one."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # encoder (RoBERTa, BERT) | encoder_decoder (T5) | decoder (LLaMA)
+    arch: str = MISSING
+    # shipped: random init from src/lorafa_repro/model_configs/<path>.json (no download)
+    # pretrained: Hugging Face Hub id or local directory with real weights
+    source: str = "shipped"
+    path: str = MISSING
+    # "byte" (a byte-level tokenizer built in code, no download) or a Hub id / local directory;
+    # null = the tokenizer stored with `path`.
+    tokenizer: Optional[str] = "byte"
+    gguf_file: Optional[str] = None
+    # Names of the linear layers that make up "all linear layers of the transformer blocks".
+    default_target_modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskConfig:
+    # glue | wmt16 | instruct
+    family: str = MISSING
+    name: str = MISSING
+    # Local folder in the original distribution layout; null = download from the Hub.
+    data_dir: Optional[str] = None
+    max_seq_len: int = 128
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+
+
+@dataclass
+class MethodConfig:
+    """The same keys for every method, so `method=ft,lora,lora_fa method.rank=8` sweeps work."""
+
+    name: str = MISSING
+    rank: Optional[int] = None
+    alpha: Optional[float] = None
+    dropout: float = 0.0
+    # Suffixes of module names (e.g. [query, value]); null = the model's default_target_modules.
+    target_modules: Optional[list[str]] = None
+    # 4-bit NF4 base weights (bitsandbytes); true for qlora / qlora_fa.
+    quantize_4bit: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    warmup_ratio: float = 0.06
+    # linear | constant
+    schedule: str = "linear"
+    max_grad_norm: Optional[float] = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    # max_steps > 0 wins over epochs
+    max_steps: int = -1
+    epochs: float = 1.0
+    eval_every: int = 0
+    log_every: int = 10
+    # auto: fp32 on CPU, bf16 on GPUs that support it (else fp16) | fp32 | bf16 | fp16
+    precision: str = "auto"
+    # auto | cpu | cuda
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    progress: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    # Where result.json / metrics.jsonl go; null = Hydra's run directory.
+    output_dir: Optional[str] = None
+    # Skip the run when output_dir already holds a successful result.json.
+    skip_if_done: bool = False
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+ARCHS = ("encoder", "encoder_decoder", "decoder")
+TASK_ARCH = {"glue": "encoder", "wmt16": "encoder_decoder", "instruct": "decoder"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _positive(value: Any, key: str, example: str) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}. Fix: {key}={example}")
+
+
+def validate(cfg: DictConfig | TrainConfig) -> None:
+    """Check values that OmegaConf's types cannot; cheap, touches no model weights."""
+    from lorafa_repro.methods import METHODS
+    from lorafa_repro.tasks import check_task_data, known_tasks
+
+    c = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    _no_unknown_keys(c)
+    m, t, mo, o, tr = c.method, c.task, c.model, c.optim, c.trainer
+
+    if m.name not in METHODS:
+        raise ConfigError(
+            f"unknown method {m.name!r}. Fix: method=<one of {', '.join(sorted(METHODS))}>"
+        )
+    spec = METHODS[m.name]
+    if spec.uses_adapters:
+        _positive(m.rank, "method.rank", "8")
+        _positive(m.alpha, "method.alpha", "16")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"method.dropout must be in [0, 1), got {m.dropout}. Fix: method.dropout=0.1")
+    if m.quantize_4bit != spec.quantize_4bit:
+        raise ConfigError(
+            f"method.quantize_4bit={m.quantize_4bit} does not fit method {m.name!r}. "
+            f"Fix: use method=qlora (4-bit + LoRA) or drop the override"
+        )
+
+    _positive(o.lr, "optim.lr", "5e-4")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}. Fix: optim.weight_decay=0.0")
+    if not 0.0 <= o.warmup_ratio < 1.0:
+        raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}. Fix: optim.warmup_ratio=0.06")
+    _one_of(o.schedule, "optim.schedule", ("linear", "constant"))
+    _one_of(o.name, "optim.name", ("adamw",))
+
+    _positive(tr.batch_size, "trainer.batch_size", "32")
+    _positive(tr.eval_batch_size, "trainer.eval_batch_size", "64")
+    _positive(tr.grad_accum, "trainer.grad_accum", "1")
+    if tr.max_steps <= 0 and tr.epochs <= 0:
+        raise ConfigError("set trainer.max_steps > 0 or trainer.epochs > 0. Fix: trainer.max_steps=100")
+    _one_of(tr.precision, "trainer.precision", PRECISIONS)
+    _one_of(tr.device, "trainer.device", DEVICES)
+    _check_device(tr.device, tr.precision, spec.name)
+
+    _one_of(mo.arch, "model.arch", ARCHS)
+    _one_of(mo.source, "model.source", ("shipped", "pretrained"))
+    if mo.source == "shipped":
+        from lorafa_repro.models import shipped_config_names
+
+        if mo.path not in shipped_config_names():
+            raise ConfigError(
+                f"no shipped architecture config {mo.path!r}. Fix: model.path=<one of "
+                f"{', '.join(shipped_config_names())}> or model.source=pretrained"
+            )
+
+    _one_of(t.family, "task.family", tuple(TASK_ARCH))
+    if t.name not in known_tasks(t.family):
+        raise ConfigError(
+            f"unknown {t.family} task {t.name!r}. Fix: task={t.family}/<one of {', '.join(known_tasks(t.family))}>"
+        )
+    need = TASK_ARCH[t.family]
+    if mo.arch != need:
+        raise ConfigError(
+            f"task {t.family}/{t.name} needs an {need} model, but model {mo.name!r} is {mo.arch}. "
+            f"Fix: pick a model with arch={need} (e.g. {_example_model(need)})"
+        )
+    _positive(t.max_seq_len, "task.max_seq_len", "128")
+    for key in ("max_train_samples", "max_eval_samples"):
+        if t[key] is not None and t[key] <= 0:
+            raise ConfigError(f"task.{key} must be > 0 or null, got {t[key]}. Fix: task.{key}=null")
+    if t.data_dir is not None:
+        check_task_data(t.family, t.name, Path(t.data_dir))
+
+
+def _no_unknown_keys(c: DictConfig) -> None:
+    """`+key=value` overrides get past OmegaConf's struct mode; catch the typo here."""
+    import difflib
+    import dataclasses
+    from dataclasses import fields
+
+    sections = {f.name: f.default_factory for f in fields(TrainConfig) if f.default_factory is not dataclasses.MISSING}
+    known_top = {f.name for f in fields(TrainConfig)} | {"hydra"}
+    for key in c.keys():
+        if key not in known_top:
+            raise ConfigError(f"unknown key {key!r}. Fix: remove +{key}=... from the command line")
+    for section, factory in sections.items():
+        known = {f.name for f in fields(factory())}
+        for key in c[section].keys():
+            if key not in known:
+                near = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {section}.{near[0]}?)" if near else ""
+                raise ConfigError(f"unknown key {section}.{key}{hint}. Fix: remove +{section}.{key}=... ")
+
+
+def _one_of(value: Any, key: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}. Fix: {key}={choices[0]}")
+
+
+def _example_model(arch: str) -> str:
+    return {"encoder": "model=roberta_base", "encoder_decoder": "model=t5_base", "decoder": "model=llama_7b"}[arch]
+
+
+def _check_device(device: str, precision: str, method: str) -> None:
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible. Fix: trainer.device=auto (uses the CPU)")
+    on_gpu = device == "cuda" or (device == "auto" and has_cuda)
+    if precision == "fp16" and not on_gpu:
+        raise ConfigError("trainer.precision=fp16 needs a CUDA GPU. Fix: trainer.precision=auto (fp32 on CPU)")

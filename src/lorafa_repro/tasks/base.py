@@ -1,0 +1,24 @@
+"""What the training loop needs from a task."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+
+class Task(Protocol):
+    #: classification | seq2seq | causal — picks the model head (models.build_model)
+    kind: str
+    #: number of labels for classification heads (1 = regression), else None
+    num_labels: int | None
+    #: the metric reported as the task's score (``score`` in the metrics dict mirrors it)
+    main_metric: str
+
+    def train_dataset(self, tokenizer: Any) -> list[dict[str, Any]]: ...
+
+    def collate_fn(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]: ...
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, *, batch_size: int, device: torch.device,
+                 autocast: Callable[[], Any]) -> dict[str, float]: ...

@@ -1,0 +1,79 @@
+"""GLUE as a training task: tokenization, batching and evaluation with the paper's metrics.
+
+Data loading and the metric functions live in ``glue_data.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import DataCollatorWithPadding
+
+from lorafa_repro.tasks.glue_data import GLUE_TASKS, GlueExample, glue_metrics, load_glue_split, mnli_metrics
+
+
+class GlueTask:
+    kind = "classification"
+
+    def __init__(self, cfg: Any, *, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.info = GLUE_TASKS[cfg.name]
+        self.num_labels = self.info.num_labels
+        self.main_metric = self.info.main_metric
+
+    def _load(self, split: str, max_samples: int | None) -> list[GlueExample]:
+        return load_glue_split(self.cfg.name, split, data_dir=self.cfg.data_dir, max_samples=max_samples,
+                               seed=self.seed)
+
+    def _encode(self, examples: list[GlueExample], tokenizer: Any) -> list[dict[str, Any]]:
+        a = [e.text_a for e in examples]
+        b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+        enc = tokenizer(a, b, truncation=True, max_length=self.cfg.max_seq_len)
+        label_type = float if self.info.is_regression else int
+        return [
+            {"input_ids": ids, "attention_mask": mask, "labels": label_type(e.label)}
+            for ids, mask, e in zip(enc["input_ids"], enc["attention_mask"], examples)
+        ]
+
+    def train_dataset(self, tokenizer: Any) -> list[dict[str, Any]]:
+        return self._encode(self._load("train", self.cfg.max_train_samples), tokenizer)
+
+    def eval_datasets(self, tokenizer: Any) -> dict[str, list[dict[str, Any]]]:
+        return {s: self._encode(self._load(s, self.cfg.max_eval_samples), tokenizer) for s in self.info.eval_splits}
+
+    def collate_fn(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, tokenizer: Any, *, batch_size: int, device: torch.device,
+                 autocast: Callable[[], Any]) -> dict[str, float]:
+        if not hasattr(self, "_eval_cache"):
+            self._eval_cache = self.eval_datasets(tokenizer)
+        collate = self.collate_fn(tokenizer)
+        was_training = model.training
+        model.eval()
+        per_split: dict[str, dict[str, float]] = {}
+        losses = []
+        for split, data in self._eval_cache.items():
+            preds, labels = [], []
+            for i in range(0, len(data), batch_size):
+                batch = {k: v.to(device) for k, v in collate(data[i : i + batch_size]).items()}
+                with autocast():
+                    out = model(**batch)
+                losses.append(out.loss.float().item())
+                logits = out.logits.float()
+                preds.append(logits.squeeze(-1) if self.info.is_regression else logits.argmax(-1))
+                labels.append(batch["labels"])
+            per_split[split] = glue_metrics(self.cfg.name, torch.cat(preds).cpu().numpy(),
+                                            torch.cat(labels).cpu().numpy())
+        model.train(was_training)
+        if self.cfg.name == "mnli":
+            metrics = mnli_metrics(per_split["validation_matched"], per_split["validation_mismatched"])
+        else:
+            metrics = dict(per_split["validation"])
+        metrics["eval_loss"] = float(np.mean(losses))
+        return metrics

@@ -1,0 +1,110 @@
+"""End to end: each method trains a tiny model on synthetic GLUE data; result files follow the schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_cfg
+from lorafa_repro.results import read_result, validate_result
+from lorafa_repro.run import run
+
+TINY = ["model=tiny_roberta", "trainer=tiny", "task=glue/sst2", "task.max_train_samples=16",
+        "optim.lr=1e-2", "optim.warmup_ratio=0", "trainer.max_steps=60", "method.rank=4"]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("method", ["ft", "lora", "lora_fa", "qlora"])
+def test_method_trains_and_loss_goes_down(method: str, synthetic_glue: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg(TINY + [f"method={method}", f"task.data_dir={synthetic_glue}"])
+    result = run(cfg, tmp_path)
+    assert result["status"] == "success"
+    losses = _losses(tmp_path)
+    first, last = losses[0], sum(losses[-3:]) / 3
+    assert last < 0.8 * first, f"{method}: loss {first:.3f} -> {last:.3f}"
+    on_disk = read_result(tmp_path / "result.json")
+    assert on_disk["config"]["method"]["name"] == method
+    assert 0 < on_disk["params"]["trainable"] <= on_disk["params"]["total"]
+
+
+def test_result_and_metrics_files_follow_the_schema(synthetic_glue: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg(TINY + ["method=lora_fa", "task=glue/stsb", f"task.data_dir={synthetic_glue}",
+                              "trainer.max_steps=6", "trainer.log_every=2", "trainer.eval_every=3"])
+    result = run(cfg, tmp_path)
+    validate_result(result)
+    assert result["kind"] == "train" and result["error"] is None
+    assert result["metrics"]["main_metric"] == "pearson"
+    assert {"pearson", "spearmanr", "score", "eval_loss"} <= set(result["metrics"]["final"])
+    assert result["metrics"]["best_step"] in (3, 6)
+    assert result["memory"]["backend"] == "cpu_rss" and result["memory"]["peak_rss_bytes"] > 0
+    assert result["timing"]["steps"] == 6 and result["timing"]["wall_s"] > 0
+    assert result["env"]["versions"]["torch"] and "git_sha" in result["env"]
+    assert result["config"]["task"]["data_dir"] == str(synthetic_glue)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 4, 6]
+    for r in train_rows:
+        assert {"step", "loss", "lr", "step_time_s", "tokens_per_s", "rss_bytes"} <= set(r)
+    assert [r["step"] for r in rows if "eval_score" in r] == [3, 6]
+    assert not list(tmp_path.glob(".result.json.*")), "temp file left behind"
+
+
+def test_mnli_reports_mean_of_matched_and_mismatched(synthetic_glue: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg(TINY + ["method=lora", "task=glue/mnli", f"task.data_dir={synthetic_glue}",
+                              "trainer.max_steps=2"])
+    final = run(cfg, tmp_path)["metrics"]["final"]
+    assert final["accuracy"] == pytest.approx((final["accuracy_matched"] + final["accuracy_mismatched"]) / 2)
+
+
+def test_failure_writes_a_failed_result_and_reraises(synthetic_glue: Path, tmp_path: Path, monkeypatch) -> None:
+    import lorafa_repro.run as run_mod
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(run_mod, "train_loop", broken)
+    cfg = compose_cfg(TINY + ["method=lora_fa", f"task.data_dir={synthetic_glue}"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_mod.run(cfg, tmp_path)
+    data = read_result(tmp_path / "result.json")
+    assert data["status"] == "failed" and "simulated crash" in data["error"]
+
+
+def test_skip_if_done_reuses_a_finished_run(synthetic_glue: Path, tmp_path: Path, monkeypatch) -> None:
+    import lorafa_repro.run as run_mod
+
+    cfg = compose_cfg(TINY + ["method=ft", f"task.data_dir={synthetic_glue}", "trainer.max_steps=2",
+                              "skip_if_done=true"])
+    first = run_mod.run(cfg, tmp_path)
+    monkeypatch.setattr(run_mod, "train_loop", lambda *a, **k: pytest.fail("ran again"))
+    assert run_mod.run(cfg, tmp_path)["created_at"] == first["created_at"]
+
+
+def test_seed_makes_runs_repeatable(synthetic_glue: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg(TINY + ["method=lora_fa", f"task.data_dir={synthetic_glue}", "trainer.max_steps=5",
+                              "method.dropout=0.1"])
+    run(cfg, tmp_path / "a")
+    run(cfg, tmp_path / "b")
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def test_cli_multirun_sweeps_methods(synthetic_glue: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorafa_repro.train", "-m", "model=tiny_roberta", "trainer=tiny",
+         f"task.data_dir={synthetic_glue}", "trainer.max_steps=2", "method=ft,lora_fa", "method.rank=4",
+         f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = sorted(tmp_path.rglob("result.json"))
+    names = [p.parent.name for p in results]
+    assert len(names) == 2 and "method=ft," in names[0] and "method=lora_fa," in names[1], names
+    assert all(read_result(p)["status"] == "success" for p in results)
