@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 TORCH_CPU ?= torch==2.13.0
 GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthetic_glue)
 
-.PHONY: help install test test-all smoke glue-mrpc-tiny
+.PHONY: help install test test-all smoke table1
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -27,3 +27,6 @@ runs/synthetic_glue:
 smoke: runs/synthetic_glue  ## tiny GLUE run on CPU: FT, LoRA, LoRA-FA, QLoRA on MRPC (real data if ../shared/data exists)
 	$(PYTHON) -m lorafa_repro.train -m model=tiny_roberta trainer=tiny task=glue/mrpc task.data_dir=$(GLUE_DIR) \
 	  method=ft,lora,lora_fa,qlora optim.lr=1e-3 hydra.sweep.dir=runs/smoke
+
+table1:  ## render Table 1 (GLUE) from results/raw/glue_methods next to the paper's numbers
+	$(PYTHON) analysis/table1.py

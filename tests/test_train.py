@@ -52,7 +52,8 @@ def test_result_and_metrics_files_follow_the_schema(synthetic_glue: Path, tmp_pa
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 4, 6]
     for r in train_rows:
-        assert {"step", "loss", "lr", "step_time_s", "tokens_per_s", "rss_bytes"} <= set(r)
+        assert {"step", "loss", "lr", "step_time_s", "tokens_per_s", "rss_bytes", "peak_rss_bytes"} <= set(r)
+        assert r["peak_rss_bytes"] >= r["rss_bytes"] > 0
     assert [r["step"] for r in rows if "eval_score" in r] == [3, 6]
     assert not list(tmp_path.glob(".result.json.*")), "temp file left behind"
 

@@ -55,7 +55,7 @@ class PeakMemory:
             self.run_peak_reserved = max(self.run_peak_reserved, reserved)
             torch.cuda.reset_peak_memory_stats(self.device)
             return {"peak_allocated_bytes": alloc, "peak_reserved_bytes": reserved}
-        return {"rss_bytes": _rss_bytes()}
+        return {"rss_bytes": _rss_bytes(), "peak_rss_bytes": _max_rss_bytes()}
 
     def mark(self, name: str) -> None:
         """Record memory at a phase boundary (e.g. ``weights_loaded``)."""
