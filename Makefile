@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 TORCH_CPU ?= torch==2.13.0
 GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthetic_glue)
 
-.PHONY: help install test test-all smoke table1
+.PHONY: help install test test-all smoke table1 reproduce-table4 table4 fig3
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -30,3 +30,13 @@ smoke: runs/synthetic_glue  ## tiny GLUE run on CPU: FT, LoRA, LoRA-FA, QLoRA on
 
 table1:  ## render Table 1 (GLUE) from results/raw/glue_methods next to the paper's numbers
 	$(PYTHON) analysis/table1.py
+
+reproduce-table4:  ## Table 4: probe every cell (measured with a GPU, else simulated; done cells skipped), then render
+	$(PYTHON) -m lorafa_repro.memory.table4 --out results/table4 --budget-gb 40 --no-render
+	$(PYTHON) analysis/table4.py --results results/table4
+
+table4:  ## render results/table4/table4.{md,csv,tex} from the committed result.json files (no recomputation)
+	$(PYTHON) analysis/table4.py --results results/table4
+
+fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped) -> results/fig3_memory_vs_rank.{pdf,png}
+	$(PYTHON) analysis/fig3_memory_vs_rank.py --out results

@@ -55,7 +55,9 @@ class PeakMemory:
             self.run_peak_reserved = max(self.run_peak_reserved, reserved)
             torch.cuda.reset_peak_memory_stats(self.device)
             return {"peak_allocated_bytes": alloc, "peak_reserved_bytes": reserved}
-        return {"rss_bytes": _rss_bytes(), "peak_rss_bytes": _max_rss_bytes()}
+        rss = _rss_bytes()
+        # ru_maxrss is synced lazily by the kernel and can trail /proc's current RSS by a few pages
+        return {"rss_bytes": rss, "peak_rss_bytes": max(rss, _max_rss_bytes())}
 
     def mark(self, name: str) -> None:
         """Record memory at a phase boundary (e.g. ``weights_loaded``)."""
