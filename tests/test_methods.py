@@ -27,8 +27,9 @@ def _batch(model, kind: str):
     return {"input_ids": ids, "labels": ids.clone()}
 
 
-def test_registry_has_the_four_methods() -> None:
-    assert {"ft", "lora", "lora_fa", "qlora"} <= set(METHODS)
+def test_registry_has_every_method() -> None:
+    assert set(METHODS) == {"ft", "lora", "lora_fa", "qlora", "lora_fa_v2", "qlora_fa"}
+    assert [m for m, spec in METHODS.items() if spec.quantize_4bit] == ["qlora", "qlora_fa"]
 
 
 def test_default_targets_are_all_block_linears_not_heads() -> None:
@@ -80,6 +81,10 @@ def test_qlora_base_weights_are_4bit_and_train() -> None:
         assert not m.weight.requires_grad
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    # PEFT's 4-bit LoRA layer (merge dequantizes and requantizes), not a plain lora.Linear around Linear4bit
+    from peft.tuners.lora.bnb import Linear4bit as PeftLoraLinear4bit
+
+    assert any(isinstance(m, PeftLoraLinear4bit) for m in model.modules())
     opt = build_optimizer(model, "qlora", lr=1e-2, weight_decay=0.0)
     batch = _batch(model, "causal")
     losses = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_cfg
+from lorafa_repro.methods import METHODS
 from lorafa_repro.results import read_result, validate_result
 from lorafa_repro.run import run
 
@@ -22,7 +23,7 @@ def _losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("method", ["ft", "lora", "lora_fa", "qlora"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_trains_and_loss_goes_down(method: str, synthetic_glue: Path, tmp_path: Path) -> None:
     cfg = compose_cfg(TINY + [f"method={method}", f"task.data_dir={synthetic_glue}"])
     result = run(cfg, tmp_path)

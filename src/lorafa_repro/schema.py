@@ -59,7 +59,7 @@ class MethodConfig:
     dropout: float = 0.0
     # Suffixes of module names (e.g. [query, value]); null = the model's default_target_modules.
     target_modules: Optional[list[str]] = None
-    # 4-bit NF4 base weights (bitsandbytes); true for qlora / qlora_fa.
+    # 4-bit NF4 base weights (bitsandbytes); true exactly for qlora and qlora_fa.
     quantize_4bit: bool = False
 
 
@@ -147,7 +147,7 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
     if m.quantize_4bit != spec.quantize_4bit:
         raise ConfigError(
             f"method.quantize_4bit={m.quantize_4bit} does not fit method {m.name!r}. "
-            f"Fix: use method=qlora (4-bit + LoRA) or drop the override"
+            f"Fix: use method=qlora or method=qlora_fa (4-bit base) or drop the override"
         )
 
     _positive(o.lr, "optim.lr", "5e-4")

@@ -5,6 +5,8 @@ Where each method lives:
   lora    -> methods/lora.py      PEFT LoRA (A and B trained)
   lora_fa -> methods/lora_fa.py   the paper's LoRA-FA v1: A frozen, B trained
   qlora   -> methods/lora.py      NF4 4-bit base + PEFT LoRA
+  lora_fa_v2 -> methods/lora_fa_v2.py  PEFT's create_lorafa_optimizer (the paper's LATER version: projected dB)
+  qlora_fa   -> methods/qlora_fa.py    NF4 4-bit base + the memory-optimal LoRA-FA layer
 Add a method by writing its ``apply_*`` function and one ``Method`` entry below.
 """
 
@@ -19,6 +21,8 @@ from torch import nn
 from lorafa_repro.methods.ft import apply_ft
 from lorafa_repro.methods.lora import apply_lora, apply_qlora
 from lorafa_repro.methods.lora_fa import apply_lora_fa
+from lorafa_repro.methods.lora_fa_v2 import apply_lora_fa_v2, make_lora_fa_v2_optimizer
+from lorafa_repro.methods.qlora_fa import apply_qlora_fa
 from lorafa_repro.methods.targets import block_linears, head_modules, resolve_target_modules
 
 # (model, *, rank, alpha, lr, weight_decay) -> optimizer; None = the suite's AdamW.
@@ -43,6 +47,11 @@ METHODS: dict[str, Method] = {
         Method("lora_fa", "LoRA-FA, paper v1 (A frozen at random init, B trained with AdamW)", apply_lora_fa),
         Method("qlora", "QLoRA: NF4 + double-quant 4-bit base (bitsandbytes) + PEFT LoRA", apply_qlora,
                quantize_4bit=True),
+        Method("lora_fa_v2", "LoRA-FA v2 (arXiv 2308.03303v2, not the v1 reproduced here): PEFT's "
+               "create_lorafa_optimizer, A frozen, B's gradient projected", apply_lora_fa_v2,
+               make_optimizer=make_lora_fa_v2_optimizer),
+        Method("qlora_fa", "QLoRA-FA: NF4 + double-quant 4-bit base + LoRA-FA (only XA kept for backward)",
+               apply_qlora_fa, quantize_4bit=True),
     )
 }
 

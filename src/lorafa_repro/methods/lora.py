@@ -35,5 +35,8 @@ def apply_qlora(model: nn.Module, *, target_modules: list[str], rank: int, alpha
     checkpointing is a separate switch (trainer.gradient_checkpointing).
     """
     quantize_linears_4bit(model, block_linears(model), compute_dtype)
+    # PEFT picks its 4-bit LoRA layer (whose merge dequantizes and requantizes W) only for models flagged as
+    # loaded in 4 bit, as from_pretrained(quantization_config=...) flags them.
+    model.is_loaded_in_4bit = True
     return apply_lora(model, target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout,
                       modules_to_save=modules_to_save)
