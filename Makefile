@@ -31,12 +31,12 @@ smoke: runs/synthetic_glue  ## tiny GLUE run on CPU: FT, LoRA, LoRA-FA, QLoRA on
 table1:  ## render Table 1 (GLUE) from results/raw/glue_methods next to the paper's numbers
 	$(PYTHON) analysis/table1.py
 
-reproduce-table4:  ## Table 4: probe every cell (measured with a GPU, else simulated; done cells skipped), then render
-	$(PYTHON) -m lorafa_repro.memory.table4 --out results/table4 --budget-gb 40 --no-render
+reproduce-table4:  ## Table 4: probe every cell (measured with a GPU, else simulated; done cells skipped unless FORCE=1), then render
+	$(PYTHON) -m lorafa_repro.memory.table4 --out results/table4 --budget-gb 40 --no-render $(if $(FORCE),--force)
 	$(PYTHON) analysis/table4.py --results results/table4
 
 table4:  ## render results/table4/table4.{md,csv,tex} from the committed result.json files (no recomputation)
 	$(PYTHON) analysis/table4.py --results results/table4
 
-fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped) -> results/fig3_memory_vs_rank.{pdf,png}
-	$(PYTHON) analysis/fig3_memory_vs_rank.py --out results
+fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped unless FORCE=1) -> results/fig3_memory_vs_rank.{pdf,png}
+	$(PYTHON) analysis/fig3_memory_vs_rank.py --out results $(if $(FORCE),--force)

@@ -23,6 +23,13 @@ STATUSES = ("success", "failed", "oom")
 REQUIRED_KEYS = ("schema_version", "kind", "status", "config", "metrics", "memory", "params", "timing", "env")
 
 
+def quiet_known_warnings() -> None:
+    """Silence library warnings that repeat on every model build and say nothing about the run (CLIs only)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write JSON via a temp file in the same folder + rename, so readers never see half a file."""
     path = Path(path)

@@ -24,7 +24,10 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from lorafa_repro.results import quiet_known_warnings
     from lorafa_repro.run import run
+
+    quiet_known_warnings()
 
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
     try:

@@ -547,6 +547,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lorafa_repro.results import quiet_known_warnings
+
+    quiet_known_warnings()
     a = _parse_args(argv)
     cfg = ProbeConfig(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, batch_size=a.batch_size,
                       seq_len=a.seq_len, target_len=a.target_len, dtype=a.dtype, attn=a.attn, layers=a.layers,

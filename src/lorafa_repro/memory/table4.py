@@ -207,6 +207,9 @@ def render(out_dir: Path, budget_gb: float | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lorafa_repro.results import quiet_known_warnings
+
+    quiet_known_warnings()
     p = argparse.ArgumentParser(prog="python -m lorafa_repro.memory.table4", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="auto", choices=("auto", "cuda", "simulate", "analytic"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
