@@ -91,13 +91,9 @@ class ToyStack(nn.Module):
 
 
 def _warm_adamw(model: nn.Module) -> torch.optim.Optimizer:
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True)
-    for g in opt.param_groups:
-        for p in g["params"]:
-            p.grad = torch.zeros_like(p)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return opt
+    from lorafa_repro.memory.probe import warm_up
+
+    return warm_up(torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True))
 
 
 #: the analytic total (the paper's sum of terms) vs the simulated peak on the toy stack. The terms

@@ -217,6 +217,11 @@ def make_optimizer(model: nn.Module, cfg: ProbeConfig, *, foreach: bool = True) 
     for group in opt.param_groups:
         if "foreach" in group:
             group["foreach"] = foreach
+    return warm_up(opt)
+
+
+def warm_up(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Allocate the optimizer's states with one step on zero gradients (steady state of a real run)."""
     for group in opt.param_groups:
         for p in group["params"]:
             p.grad = torch.zeros_like(p)
