@@ -127,3 +127,20 @@ def test_cli_prints_one_clear_error(tmp_path: Path) -> None:
     assert "error: method.rank must be > 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_unreachable_hub_data_fails_before_model_load(monkeypatch, tmp_path: Path) -> None:
+    """task.data_dir=null loads nyu-mll/glue from the Hub; offline that must be one clear error, no files."""
+    import datasets
+
+    import lorafa_repro.run as run_mod
+
+    def offline(*a, **k):
+        raise ConnectionError("no internet")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(run_mod, "build_model", lambda *a, **k: pytest.fail("model built before data"))
+    cfg = compose_cfg(["model=tiny_roberta", "task.data_dir=null"])
+    with pytest.raises(ConfigError, match="Fix: without internet access, set task.data_dir="):
+        run_mod.run(cfg, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

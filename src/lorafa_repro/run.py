@@ -15,8 +15,8 @@ from lorafa_repro.memory.peak import PeakMemory
 from lorafa_repro.methods import apply_method, get_method
 from lorafa_repro.models import build_model, build_tokenizer, count_parameters
 from lorafa_repro.results import MetricsLog, is_done, new_result, read_result, write_json_atomic
-from lorafa_repro.schema import TrainConfig, validate
-from lorafa_repro.tasks import build_task
+from lorafa_repro.schema import ConfigError, TrainConfig, validate
+from lorafa_repro.tasks import DataNotFoundError, build_task
 from lorafa_repro.trainer import resolve_device, resolve_precision, train_loop
 
 
@@ -33,8 +33,8 @@ OOM_FIX = ("out of memory. Fix: lower trainer.batch_size (and raise trainer.grad
 def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]:
     """Validate, build, train, evaluate; write ``result.json`` and ``metrics.jsonl`` to ``output_dir``.
 
-    Raises :class:`~lorafa_repro.schema.ConfigError` before anything is loaded or written when a value is
-    wrong. A run that fails later still writes ``result.json`` with ``status`` ``failed``/``oom`` and the
+    Raises :class:`~lorafa_repro.schema.ConfigError` before any model is loaded or anything is written when a
+    value is wrong or the data cannot be found (local folder or Hub). A run that fails later still writes ``result.json`` with ``status`` ``failed``/``oom`` and the
     error, then re-raises.
     """
     if not isinstance(cfg, DictConfig):
@@ -45,6 +45,13 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         return read_result(out / "result.json")
 
     set_seed(cfg.seed)
+    task = build_task(cfg.task, seed=cfg.seed)
+    tokenizer = build_tokenizer(cfg.model)
+    try:  # data before weights: a missing dataset fails fast, and nothing is written
+        task.prepare(tokenizer)
+    except DataNotFoundError as e:
+        raise ConfigError(str(e)) from None
+
     device = resolve_device(cfg.trainer.device)
     memory = PeakMemory(device)
     memory.reset()
@@ -54,8 +61,6 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     log = MetricsLog(out / "metrics.jsonl")
     t0 = time.perf_counter()
     try:
-        task = build_task(cfg.task, seed=cfg.seed)
-        tokenizer = build_tokenizer(cfg.model)
         model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels).to(device)
         if cfg.trainer.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

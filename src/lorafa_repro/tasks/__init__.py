@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafa_repro.tasks.base import Task
+from lorafa_repro.tasks.glue_data import DataNotFoundError
 
 
 def known_tasks(family: str) -> list[str]:
@@ -38,4 +39,4 @@ def build_task(task_cfg: Any, *, seed: int = 0) -> Task:
     raise ValueError(f"unknown task family {task_cfg.family!r}")
 
 
-__all__ = ["Task", "build_task", "check_task_data", "known_tasks"]
+__all__ = ["DataNotFoundError", "Task", "build_task", "check_task_data", "known_tasks"]

@@ -16,6 +16,10 @@ class Task(Protocol):
     #: the metric reported as the task's score (``score`` in the metrics dict mirrors it)
     main_metric: str
 
+    def prepare(self, tokenizer: Any) -> None:
+        """Load and tokenize every split; raise DataNotFoundError (naming the fix) when data is missing."""
+        ...
+
     def train_dataset(self, tokenizer: Any) -> list[dict[str, Any]]: ...
 
     def collate_fn(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]: ...

@@ -24,6 +24,13 @@ class GlueTask:
         self.info = GLUE_TASKS[cfg.name]
         self.num_labels = self.info.num_labels
         self.main_metric = self.info.main_metric
+        self._train: list[dict[str, Any]] | None = None
+        self._eval: dict[str, list[dict[str, Any]]] | None = None
+
+    def prepare(self, tokenizer: Any) -> None:
+        """Load and tokenize every split now, so missing data fails before a model is built."""
+        self.train_dataset(tokenizer)
+        self.eval_datasets(tokenizer)
 
     def _load(self, split: str, max_samples: int | None) -> list[GlueExample]:
         return load_glue_split(self.cfg.name, split, data_dir=self.cfg.data_dir, max_samples=max_samples,
@@ -40,10 +47,15 @@ class GlueTask:
         ]
 
     def train_dataset(self, tokenizer: Any) -> list[dict[str, Any]]:
-        return self._encode(self._load("train", self.cfg.max_train_samples), tokenizer)
+        if self._train is None:
+            self._train = self._encode(self._load("train", self.cfg.max_train_samples), tokenizer)
+        return self._train
 
     def eval_datasets(self, tokenizer: Any) -> dict[str, list[dict[str, Any]]]:
-        return {s: self._encode(self._load(s, self.cfg.max_eval_samples), tokenizer) for s in self.info.eval_splits}
+        if self._eval is None:
+            self._eval = {s: self._encode(self._load(s, self.cfg.max_eval_samples), tokenizer)
+                          for s in self.info.eval_splits}
+        return self._eval
 
     def collate_fn(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
         return DataCollatorWithPadding(tokenizer, return_tensors="pt")
@@ -51,14 +63,12 @@ class GlueTask:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, tokenizer: Any, *, batch_size: int, device: torch.device,
                  autocast: Callable[[], Any]) -> dict[str, float]:
-        if not hasattr(self, "_eval_cache"):
-            self._eval_cache = self.eval_datasets(tokenizer)
         collate = self.collate_fn(tokenizer)
         was_training = model.training
         model.eval()
         per_split: dict[str, dict[str, float]] = {}
         losses = []
-        for split, data in self._eval_cache.items():
+        for split, data in self.eval_datasets(tokenizer).items():
             preds, labels = [], []
             for i in range(0, len(data), batch_size):
                 batch = {k: v.to(device) for k, v in collate(data[i : i + batch_size]).items()}

@@ -327,7 +327,7 @@ def _load_from_hub(info: GlueTaskInfo, split: str, max_samples: int | None,
     except Exception as exc:  # noqa: BLE001 - offline, missing package, bad cache: same advice
         raise DataNotFoundError(
             f"could not load GLUE task {info.name} split {split} from the Hugging Face Hub "
-            f"({HUB_DATASET}): {type(exc).__name__}: {exc}. Without internet access, set "
+            f"({HUB_DATASET}): {type(exc).__name__}: {exc}. Fix: without internet access, set "
             f"task.data_dir=/path/to/glue_data (a folder with {info.dir_name}/train.tsv, dev.tsv "
             f"in the original GLUE layout) to read local files instead."
         ) from exc
