@@ -110,3 +110,22 @@ def test_cli_multirun_sweeps_methods(synthetic_glue: Path, tmp_path: Path) -> No
     names = [p.parent.name for p in results]
     assert len(names) == 2 and "method=ft," in names[0] and "method=lora_fa," in names[1], names
     assert all(read_result(p)["status"] == "success" for p in results)
+
+
+def test_out_of_memory_is_one_clear_message_and_an_oom_result(synthetic_glue: Path, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    import lorafa_repro.run as run_mod
+    import lorafa_repro.train as train_mod
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(run_mod, "train_loop", oom)
+    cfg = compose_cfg(TINY + ["method=lora_fa", f"task.data_dir={synthetic_glue}", f"output_dir={tmp_path}"])
+    monkeypatch.setattr(train_mod, "HydraConfig", None)  # output_dir is set, Hydra's run dir is not needed
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main.__wrapped__(cfg)
+    assert exit_info.value.code == 3
+    data = read_result(tmp_path / "result.json")
+    assert data["status"] == "oom" and "Fix: lower trainer.batch_size" in data["error"]

@@ -7,11 +7,13 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -35,6 +37,11 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         print(f"lorafa-train: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except torch.cuda.OutOfMemoryError:
+        # run() wrote result.json with status "oom" and the fix; say the same, without a traceback
+        error = json.loads((Path(output_dir) / "result.json").read_text())["error"]
+        print(f"lorafa-train: error: {error}", file=sys.stderr)
+        sys.exit(3)
     print(f"result: {Path(output_dir) / 'result.json'}  status={result['status']}  "
           f"score={result['metrics']['final'].get('score')}")
     return result["metrics"]["final"].get("score")
