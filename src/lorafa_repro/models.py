@@ -112,19 +112,32 @@ def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerFast:
     return tok
 
 
+def _fill_special_ids(model: nn.Module, arch: str) -> nn.Module:
+    """Give the model a pad id (its eos when it has none) and T5's decoder start convention (pad)."""
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
+    if arch == "encoder_decoder" and getattr(model.config, "decoder_start_token_id", None) is None:
+        model.config.decoder_start_token_id = model.config.pad_token_id
+    return model
+
+
+def model_from_config(config: PretrainedConfig, *, arch: str, task_kind: str, dtype: torch.dtype = torch.float32,
+                      **kwargs: Any) -> nn.Module:
+    """Random init of ``config`` with the head for ``task_kind``, on the current default device
+    (inside ``torch.device("meta")`` for a weightless model). ``kwargs`` go to ``from_config``."""
+    return _fill_special_ids(_auto_class(arch, task_kind).from_config(config, dtype=dtype, **kwargs), arch)
+
+
 def build_model(model_cfg: Any, *, task_kind: str, num_labels: int | None = None,
                 dtype: torch.dtype = torch.float32) -> nn.Module:
     """Random init from a shipped config, or real weights from the Hub / a local directory."""
     config = build_config(model_cfg, num_labels=num_labels)
-    cls = _auto_class(model_cfg.arch, task_kind)
     if model_cfg.source == "shipped":
-        model = cls.from_config(config, dtype=dtype)
-    else:
-        kwargs = {"gguf_file": model_cfg.gguf_file} if model_cfg.gguf_file else {}
-        model = cls.from_pretrained(model_cfg.path, config=config, dtype=dtype, **kwargs)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
-    return model
+        return model_from_config(config, arch=model_cfg.arch, task_kind=task_kind, dtype=dtype)
+    kwargs = {"gguf_file": model_cfg.gguf_file} if model_cfg.gguf_file else {}
+    model = _auto_class(model_cfg.arch, task_kind).from_pretrained(model_cfg.path, config=config, dtype=dtype,
+                                                                   **kwargs)
+    return _fill_special_ids(model, model_cfg.arch)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -34,8 +34,8 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     """Validate, build, train, evaluate; write ``result.json`` and ``metrics.jsonl`` to ``output_dir``.
 
     Raises :class:`~lorafa_repro.schema.ConfigError` before any model is loaded or anything is written when a
-    value is wrong or the data cannot be found (local folder or Hub). A run that fails later still writes ``result.json`` with ``status`` ``failed``/``oom`` and the
-    error, then re-raises.
+    value is wrong or the data cannot be found (local folder or Hub). A run that fails later still writes
+    ``result.json`` with ``status`` ``failed``/``oom`` and the error, then re-raises.
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)

@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
+from lorafa_repro.models import count_parameters
+
 GIB = 2**30
 DTYPES = ("fp32", "bf16", "mixed")
 BACKENDS = ("auto", "cuda", "simulate", "analytic", "cpu")
@@ -143,11 +145,8 @@ def simulated_method(method: str) -> str:
 
 def build_base_model(cfg: ProbeConfig) -> nn.Module:
     """The shipped architecture at ``cfg.layers`` depth, random init, on the current default device
-    (call inside ``torch.device("meta")`` for a weightless model). Mirrors ``models.build_model``
-    (which cannot change the depth)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
-
-    from lorafa_repro.models import shipped_config
+    (call inside ``torch.device("meta")`` for a weightless model)."""
+    from lorafa_repro.models import model_from_config, shipped_config
 
     arch = model_arch(cfg.model)
     overrides: dict[str, Any] = {}
@@ -156,16 +155,10 @@ def build_base_model(cfg: ProbeConfig) -> nn.Module:
         overrides.update({k: cfg.layers for k in DEPTH_KEYS if getattr(base, k, None)})
     if arch == "encoder":
         overrides["num_labels"] = cfg.num_labels
-    config = shipped_config(cfg.model, **overrides)
-    cls = {"encoder": AutoModelForSequenceClassification, "encoder_decoder": AutoModelForSeq2SeqLM,
-           "decoder": AutoModelForCausalLM}[arch]
     weight_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    model = cls.from_config(config, dtype=weight_dtype, attn_implementation=cfg.attn)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
-    if arch == "encoder_decoder" and getattr(model.config, "decoder_start_token_id", None) is None:
-        model.config.decoder_start_token_id = model.config.pad_token_id  # T5's convention
-    return model
+    return model_from_config(shipped_config(cfg.model, **overrides), arch=arch,
+                             task_kind="classification" if arch == "encoder" else "lm", dtype=weight_dtype,
+                             attn_implementation=cfg.attn)
 
 
 def apply_probe_method(model: nn.Module, cfg: ProbeConfig, *, simulate_4bit: bool) -> nn.Module:
@@ -329,14 +322,9 @@ def measure_step(cfg: ProbeConfig, device: torch.device, counters: Counters) -> 
     train_step(model, batch, optimizer, autocast_dtype=autocast_dtype, max_grad_norm=cfg.max_grad_norm,
                on_boundary=recorder.mark)
     out = recorder.summary()
-    out["params"] = _param_counts(model)
+    out["params"] = count_parameters(model)
     return out
 
-
-def _param_counts(model: nn.Module) -> dict[str, int]:
-    from lorafa_repro.models import count_parameters
-
-    return count_parameters(model)
 
 
 def probe_cuda(cfg: ProbeConfig) -> dict[str, Any]:
@@ -430,7 +418,7 @@ def probe_cpu(cfg: ProbeConfig) -> dict[str, Any]:
     intervals = {INTERVALS[k]: v["peak_allocated"] for k, v in phases.items() if k in INTERVALS}
     return {"backend": "cpu", "device": "cpu", "peak_bytes": max(intervals.values()),
             "peak_phase": max(intervals, key=intervals.get), "phases": phases,
-            "params": _param_counts(model),
+            "params": count_parameters(model),
             "counter": "CPU allocator events (torch.profiler profile_memory) + bytes resident before the step"}
 
 
