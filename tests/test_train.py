@@ -129,3 +129,22 @@ def test_out_of_memory_is_one_clear_message_and_an_oom_result(synthetic_glue: Pa
     assert exit_info.value.code == 3
     data = read_result(tmp_path / "result.json")
     assert data["status"] == "oom" and "Fix: lower trainer.batch_size" in data["error"]
+
+
+def test_git_dirty_ignores_rewritten_result_files(tmp_path: Path) -> None:
+    from lorafa_repro.results import git_info
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "result.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    (tmp_path / "results" / "result.json").write_text('{"new": 1}\n')
+    assert git_info(tmp_path)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_info(tmp_path)["git_dirty"] is True
