@@ -53,6 +53,44 @@ def test_simulate_matches_real_cpu_allocations(model: str, method: str, dtype: s
     assert sim["params"] == real["params"]
 
 
+def _ckpt_without_rng_state(model: nn.Module) -> nn.Module:
+    """Checkpointing as the suite enables it, minus the per-block RNG state copies: those are CPU memory
+    (host memory on CUDA as well, outside max_memory_allocated, and not allocated by fake tensors) but
+    the CPU backend counts them. Memory is otherwise identical; only dropout masks would differ."""
+    from lorafa_repro.models import enable_gradient_checkpointing
+
+    enable_gradient_checkpointing(model)
+    for mod in model.modules():
+        if getattr(mod, "_gradient_checkpointing_func", None) is not None:  # the partial(checkpoint, ...) it set
+            mod._gradient_checkpointing_func.keywords["preserve_rng_state"] = False
+    return model
+
+
+@pytest.mark.parametrize("model,method", [("tiny-roberta", "lora_fa"), ("tiny-t5", "lora"), ("tiny-llama", "ft"),
+                                          ("tiny-llama", "lora")])
+def test_simulate_matches_real_cpu_allocations_with_gradient_checkpointing(model: str, method: str,
+                                                                           monkeypatch) -> None:
+    """With activation recomputation the simulated and real peaks still agree (within 0.1%), and
+    checkpointing lowers the peak. After backward the simulation may hold up to two hidden-state
+    tensors per stack more than the real step (ModTracker keeps the first block's recomputed input,
+    see simulate.py), never less."""
+    import lorafa_repro.memory.probe as P
+
+    monkeypatch.setattr(P, "enable_gradient_checkpointing", _ckpt_without_rng_state)
+    cfg = ProbeConfig(model=model, method=method, gradient_checkpointing=True, **TINY)
+    sim, real = probe(cfg, "simulate"), probe(cfg, "cpu")
+    assert sim["peak_bytes"] == pytest.approx(real["peak_bytes"], rel=1e-3)
+    assert sim["peak_phase"] == real["peak_phase"]
+    for b in ("step_start", "after_forward"):
+        assert sim["phases"][b]["allocated"] == pytest.approx(real["phases"][b]["allocated"], rel=1e-3), b
+    hidden = 4 * TINY["batch_size"] * TINY["seq_len"] * 32  # tiny configs: hidden size 32
+    for b in ("after_backward", "after_optimizer_step"):
+        extra = sim["phases"][b]["allocated"] - real["phases"][b]["allocated"]
+        assert 0 <= extra <= 2 * 2 * hidden, (b, extra)
+    plain = probe(ProbeConfig(model=model, method=method, **TINY), "simulate")
+    assert sim["peak_bytes"] < plain["peak_bytes"]
+
+
 def test_simulate_breakdown_adds_up() -> None:
     out = probe(ProbeConfig(model="tiny-roberta", method="lora_fa", **TINY), "simulate")
     assert sum(out["breakdown"].values()) == out["peak_bytes"]
@@ -61,13 +99,17 @@ def test_simulate_breakdown_adds_up() -> None:
 
 # ---- depth extrapolation ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model,method", [("tiny-roberta", "lora_fa"), ("tiny-t5", "lora"), ("tiny-llama", "ft")])
-def test_depth_extrapolation_matches_full_depth(model: str, method: str) -> None:
+@pytest.mark.parametrize("model,method,ckpt", [("tiny-roberta", "lora_fa", False), ("tiny-t5", "lora", False),
+                                               ("tiny-llama", "ft", False), ("tiny-llama", "lora", True),
+                                               ("tiny-t5", "lora_fa", True)])
+def test_depth_extrapolation_matches_full_depth(model: str, method: str, ckpt: bool) -> None:
     """Simulating depths 2 and 3 and extrapolating to 7 gives the full 7-block simulation's peak and
-    breakdown (measured error: 0 bytes here and on roberta-base / t5-base at full depth)."""
-    cfg = ProbeConfig(model=model, method=method, layers=7, **TINY)
+    breakdown (measured error: 0 bytes here and on roberta-base / t5-base at full depth), with and
+    without gradient checkpointing."""
+    cfg = ProbeConfig(model=model, method=method, layers=7, gradient_checkpointing=ckpt, **TINY)
     ext, full = S.simulate(cfg), S.simulate(cfg, extrapolate_depth=False)
-    assert ext["extrapolation"] == {"method": "linear in depth", "depths": [2, 3], "to_depth": 7}
+    depths = [3, 4] if ckpt else [2, 3]
+    assert ext["extrapolation"] == {"method": "linear in depth", "depths": depths, "to_depth": 7}
     assert full["extrapolation"] is None
     assert ext["peak_bytes"] == pytest.approx(full["peak_bytes"], rel=1e-4)
     for k, v in full["breakdown"].items():
@@ -132,6 +174,17 @@ def test_analytic_agrees_with_simulate_on_toy_stack(method: str) -> None:
     assert parts["gradients"] == marks["after_backward"]["gradients"]
     assert parts["other"] == marks["step_start"]["other"]
     assert sum(parts.values()) == pytest.approx(sim_peak, rel=TOY_TOLERANCE)
+
+
+def test_analytic_with_gradient_checkpointing_counts_block_inputs_and_one_block() -> None:
+    """Checkpointed FT keeps every block's input plus one recomputed block's linear inputs: for
+    tiny-roberta (hidden 32, FFN 64, 2 blocks) that is 2 x 32 + (32 [q,k,v] + 32 [o] + 32 [FFN in] +
+    64 [FFN out]) floats per token; LoRA-FA keeps X A (rank 4) of the recomputed block instead of X."""
+    tokens = TINY["batch_size"] * TINY["seq_len"]
+    ft = probe(ProbeConfig(model="tiny-roberta", method="ft", gradient_checkpointing=True, **TINY), "analytic")
+    assert ft["breakdown"]["activations"] == 4 * tokens * (2 * 32 + 32 + 32 + 32 + 64)
+    fa = probe(ProbeConfig(model="tiny-roberta", method="lora_fa", gradient_checkpointing=True, **TINY), "analytic")
+    assert fa["breakdown"]["activations"] == 4 * tokens * (2 * 32 + 6 * TINY["rank"])
 
 
 def test_analytic_orders_methods_like_the_paper() -> None:

@@ -140,6 +140,22 @@ def build_model(model_cfg: Any, *, task_kind: str, num_labels: int | None = None
     return _fill_special_ids(model, model_cfg.arch)
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    """Activation recomputation per transformer block, the non-reentrant ``torch.utils.checkpoint``
+    (no need for inputs that require grad, so frozen embeddings are fine; dropout masks are replayed from
+    the saved RNG state). Call on the base model, before a method wraps it."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for mod in model.modules():  # transformers turns the KV cache off with a warning otherwise (T5's stacks
+        config = getattr(mod, "config", None)  # hold their own config copies)
+        if getattr(config, "use_cache", False):
+            config.use_cache = False
+    return model
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Trainable and total parameter counts (4-bit packed weights counted as their logical size)."""
     total = trainable = 0

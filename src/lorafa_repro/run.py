@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lorafa_repro.memory.peak import PeakMemory
 from lorafa_repro.methods import apply_method, get_method
-from lorafa_repro.models import build_model, build_tokenizer, count_parameters
+from lorafa_repro.models import build_model, build_tokenizer, count_parameters, enable_gradient_checkpointing
 from lorafa_repro.results import MetricsLog, is_done, new_result, read_result, write_json_atomic
 from lorafa_repro.schema import ConfigError, TrainConfig, validate
 from lorafa_repro.tasks import DataNotFoundError, build_task
@@ -63,7 +63,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     try:
         model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels).to(device)
         if cfg.trainer.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_gradient_checkpointing(model)
         m = cfg.method
         spec = get_method(m.name)
         precision = result["memory"]["precision"]

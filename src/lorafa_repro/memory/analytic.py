@@ -14,6 +14,8 @@ Here every term is counted from the model itself instead of the GPT formula:
   temporaries       (not in the paper) backward holds one layer's incoming and outgoing gradient:
                     2 x the largest b x s x max(d_in, d_out)
   other             the batch
+With gradient checkpointing, activations are instead every block's input (what the checkpoints keep,
+at the dtype it has) plus the X / X A of the one block recomputed at a time (the largest block).
 Everything else (attention scores, softmax, GELU, LayerNorm, dropout masks, the loss) is left out, as
 in the paper's formula: the simulated and measured backends include it. Which layers save X or XA is
 read from ``requires_grad`` of W, lora_A and lora_B, so new methods are covered without a case here.
@@ -76,6 +78,26 @@ def linear_inputs(model: nn.Module, batch: dict[str, torch.Tensor], names: list[
     return seen
 
 
+def block_inputs(model: nn.Module, batch: dict[str, torch.Tensor], blocks: list[str]) -> dict[str, int]:
+    """Bytes of each named block's hidden-state input in one ``model(**batch)`` without gradients
+    (what a checkpointed block keeps for its recomputation)."""
+    seen: dict[str, int] = {}
+
+    def hook(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = args[0] if args else kwargs["hidden_states"]
+        seen[name] = x.numel() * x.element_size()
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, k, n=n: hook(n, a, k), with_kwargs=True) for n in blocks]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def _strip_peft(name: str) -> str:
     return name.removeprefix("base_model.model.")
 
@@ -101,9 +123,11 @@ def trained_parts(adapted: nn.Module, names: list[str]) -> dict[str, dict[str, A
 
 
 def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dtype: str,
-                       quantized_numels: list[int] | None = None, batch_bytes: int = 0) -> dict[str, int]:
+                       quantized_numels: list[int] | None = None, batch_bytes: int = 0,
+                       checkpoints: dict[str, int] | None = None) -> dict[str, int]:
     """Bytes per term (module docstring) for a model with its method applied; ``inputs`` from
-    :func:`linear_inputs` on the base model; ``quantized_numels``: weights stored as NF4."""
+    :func:`linear_inputs` on the base model; ``quantized_numels``: weights stored as NF4;
+    ``checkpoints``: with gradient checkpointing, block name -> bytes of its input (:func:`block_inputs`)."""
     from lorafa_repro.memory.simulate import nf4_bytes
 
     seen: set[int] = set()
@@ -125,14 +149,24 @@ def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dt
         copies = 2 * sum(m.weight.numel() for m in adapted.modules() if isinstance(m, nn.Linear))
     act_item = 2 if dtype in ("bf16", "mixed") else 4
     parts = trained_parts(adapted, list(inputs))
-    saved_x: dict[int, int] = {}
-    xa = 0
-    for n, li in inputs.items():
-        if parts[n]["W"] or parts[n]["A"]:
-            saved_x[li.shared_id] = li.tokens * li.d_in
-        if parts[n]["B"]:
-            xa += li.tokens * parts[n]["rank"]
-    acts = act_item * (sum(saved_x.values()) + xa)
+
+    def saved(names: list[str]) -> int:
+        """Elements the block linears ``names`` keep for backward: X (once per shared input), X A."""
+        saved_x: dict[int, int] = {}
+        xa = 0
+        for n in names:
+            li = inputs[n]
+            if parts[n]["W"] or parts[n]["A"]:
+                saved_x[li.shared_id] = li.tokens * li.d_in
+            if parts[n]["B"]:
+                xa += li.tokens * parts[n]["rank"]
+        return sum(saved_x.values()) + xa
+
+    if checkpoints:
+        per_block = [saved([n for n in inputs if n.startswith(b + ".")]) for b in checkpoints]
+        acts = sum(checkpoints.values()) + act_item * max(per_block, default=0)
+    else:
+        acts = act_item * saved(list(inputs))
     temps = 2 * act_item * max((li.tokens * max(li.d_in, li.d_out) for li in inputs.values()), default=0)
     return {"parameters": params, "buffers": buffers, "gradients": grads, "optimizer_states": states,
             "weight_copies": copies, "activations": acts, "temporaries": temps, "other": batch_bytes}
@@ -140,7 +174,7 @@ def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dt
 
 def analytic(cfg: ProbeConfig) -> dict[str, Any]:
     """The analytic backend for a table cell."""
-    from lorafa_repro.memory.simulate import fake_from_meta, param_counts, quantized_weight_numels
+    from lorafa_repro.memory.simulate import fake_from_meta, param_counts, quantized_weight_numels, transformer_blocks
     from lorafa_repro.methods import block_linears, get_method
 
     with torch.device("meta"):
@@ -154,9 +188,11 @@ def analytic(cfg: ProbeConfig) -> dict[str, Any]:
     with mode:
         batch = make_batch(cfg, base.config.vocab_size, "cpu")
         inputs = linear_inputs(base, batch, names)
+        checkpoints = block_inputs(base, batch, list(transformer_blocks(base))) if cfg.gradient_checkpointing else None
     batch_bytes = sum(t.numel() * t.element_size() for t in batch.values())
     quantized = quantized_weight_numels(cfg) if get_method(cfg.method).quantize_4bit else None
-    parts = analytic_breakdown(adapted, inputs, dtype=cfg.dtype, quantized_numels=quantized, batch_bytes=batch_bytes)
+    parts = analytic_breakdown(adapted, inputs, dtype=cfg.dtype, quantized_numels=quantized, batch_bytes=batch_bytes,
+                               checkpoints=checkpoints)
     total = sum(parts.values())
     return {
         "backend": "analytic",

@@ -22,7 +22,7 @@ CLI::
 
     python -m lorafa_repro.memory.probe --model roberta-base --method lora_fa --rank 8 \\
         --batch-size 64 --seq-len 128 [--backend auto|cuda|simulate|analytic|cpu] \\
-        [--dtype fp32|bf16|mixed] [--budget-gb 40] [--out DIR]
+        [--dtype fp32|bf16|mixed] [--gradient-checkpointing] [--budget-gb 40] [--out DIR]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
-from lorafa_repro.models import count_parameters
+from lorafa_repro.models import count_parameters, enable_gradient_checkpointing
 
 GIB = 2**30
 DTYPES = ("fp32", "bf16", "mixed")
@@ -66,6 +66,10 @@ class ProbeConfig:
     ``attn``: the attention implementation; ``eager`` is what 2023 transformers ran for all three
     families (and the only one T5 has).
     ``layers``: override the depth (used by the simulator's extrapolation); ``None`` = the real depth.
+    ``gradient_checkpointing``: activation recomputation per transformer block (transformers'
+    ``gradient_checkpointing_enable``, non-reentrant ``torch.utils.checkpoint``; the training runs'
+    ``trainer.gradient_checkpointing``): forward keeps only each block's input, backward recomputes one
+    block at a time. Off in Table 4 (the paper's LoRA-FA claim is "no recomputation").
     """
 
     model: str
@@ -81,6 +85,7 @@ class ProbeConfig:
     lora_dropout: float = 0.0
     num_labels: int = 2
     layers: int | None = None
+    gradient_checkpointing: bool = False
     max_grad_norm: float | None = 1.0
     budget_gb: float = 40.0
 
@@ -156,9 +161,12 @@ def build_base_model(cfg: ProbeConfig) -> nn.Module:
     if arch == "encoder":
         overrides["num_labels"] = cfg.num_labels
     weight_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    return model_from_config(shipped_config(cfg.model, **overrides), arch=arch,
-                             task_kind="classification" if arch == "encoder" else "lm", dtype=weight_dtype,
-                             attn_implementation=cfg.attn)
+    model = model_from_config(shipped_config(cfg.model, **overrides), arch=arch,
+                              task_kind="classification" if arch == "encoder" else "lm", dtype=weight_dtype,
+                              attn_implementation=cfg.attn)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
 
 
 def apply_probe_method(model: nn.Module, cfg: ProbeConfig, *, simulate_4bit: bool) -> nn.Module:
@@ -534,6 +542,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attn", default="eager", help="attention implementation (eager | sdpa)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--layers", type=int, default=None, help="override the depth (default: the real one)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each transformer block's activations in backward (default: off)")
     p.add_argument("--budget-gb", type=float, default=40.0, help="device budget in GiB (OOM above it)")
     p.add_argument("--out", default=None, help="write DIR/result.json")
     return p.parse_args(argv)
@@ -546,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _parse_args(argv)
     cfg = ProbeConfig(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, batch_size=a.batch_size,
                       seq_len=a.seq_len, target_len=a.target_len, dtype=a.dtype, attn=a.attn, layers=a.layers,
-                      budget_gb=a.budget_gb)
+                      gradient_checkpointing=a.gradient_checkpointing, budget_gb=a.budget_gb)
     result = run_probe(cfg, a.backend, a.out)
     mem = result["memory"]
     print(json.dumps({"status": result["status"], "error": result["error"], **{

@@ -22,7 +22,8 @@ under adapters, T5's block 0 holds the relative-position bias). The tracker keep
 a block stack). Each region's peak is an affine function of the depth L for L >= 2 (memory changes by
 the same amount per block, so a region's maximum sits at one end of it), so two simulations at L=2
 and L=3 give every region's peak at the real depth exactly, and the step's peak is the largest of
-them. ``tests/test_memory_probe.py`` checks this against a full-depth simulation.
+them. With gradient checkpointing the depths are 3 and 4 (``EXTRAPOLATION_DEPTHS_CKPT``).
+``tests/test_memory_probe.py`` checks this against a full-depth simulation.
 
 4-bit methods (qlora, qlora_fa) cannot run on fake tensors (bitsandbytes kernels): they are simulated
 as their unquantized sibling with the block linears held at the compute dtype, then the parameter
@@ -30,6 +31,15 @@ bytes of those linears are replaced by NF4 bytes (:func:`nf4_bytes`: 0.5 byte/we
 absmax per 64 weights, ~1.1 KiB of codes per weight), and one dequantized weight (the largest) is
 added to the temporaries of forward and backward (W is dequantized for the matmul and for dX).
 Checked against a real bitsandbytes step on CPU in the tests (within 1%).
+
+Gradient checkpointing (``ProbeConfig.gradient_checkpointing``) runs as is: the recomputation in
+backward is tracked like any other backward work (its tensors count as temporaries). Two differences
+to a real step, both checked in the tests: (1) checkpointing saves the RNG state per block (5 KB of CPU
+memory each, host memory on CUDA too), which fake mode does not allocate - right for
+``max_memory_allocated``; (2) PyTorch's ``ModTracker`` (under ``MemTracker``) keeps the recomputed input
+of a stack's first block, and its gradient, alive after backward when that input needs no gradient
+(adapter methods): up to two hidden-state tensors per stack over-counted at the ``after_backward`` and
+``after_optimizer_step`` marks, after the backward peak.
 """
 
 from __future__ import annotations
@@ -71,18 +81,19 @@ CATEGORY = {
 BREAKDOWN_KEYS = tuple(CATEGORY.values())
 #: simulate at these depths and extrapolate when the real depth is larger
 EXTRAPOLATION_DEPTHS = (2, 3)
+#: with gradient checkpointing: the last block of a stack (recomputed first in backward) peaks above the
+#: middle ones, so the region "another block" is affine in depth only from 3 blocks on (T5's decoder)
+EXTRAPOLATION_DEPTHS_CKPT = (3, 4)
 
 Snapshot = dict[str, int]  # breakdown key -> bytes, plus "total"
 
 
-def block_index(model: nn.Module) -> dict[str, tuple[str, int, int]]:
-    """ModTracker FQN of every transformer block -> (stack name, index, stack length).
+def transformer_blocks(model: nn.Module) -> dict[str, tuple[str, int, int]]:
+    """Module name of every transformer block -> (stack name, index, stack length).
 
     A stack is an ``nn.ModuleList`` whose children all have one class (``encoder.layer``,
     ``model.layers``, T5's ``encoder.block``/``decoder.block``); stacks nested in a block are ignored.
-    Names carry ModTracker's prefix: the root module's class name.
     """
-    root = type(model).__name__
     out: dict[str, tuple[str, int, int]] = {}
     stacks: list[str] = []
     for name, mod in model.named_modules():
@@ -92,8 +103,14 @@ def block_index(model: nn.Module) -> dict[str, tuple[str, int, int]]:
             continue
         stacks.append(name)
         for i, _ in enumerate(mod):
-            out[f"{root}.{name}.{i}"] = (name, i, len(mod))
+            out[f"{name}.{i}"] = (name, i, len(mod))
     return out
+
+
+def block_index(model: nn.Module) -> dict[str, tuple[str, int, int]]:
+    """:func:`transformer_blocks` keyed by ModTracker's FQNs (prefixed with the root module's class name)."""
+    root = type(model).__name__
+    return {f"{root}.{name}": v for name, v in transformer_blocks(model).items()}
 
 
 class StepMemTracker(MemTracker):
@@ -316,13 +333,13 @@ def correct_4bit(result: dict[str, Any], cfg: ProbeConfig) -> dict[str, Any]:
 def simulate(cfg: ProbeConfig, *, extrapolate_depth: bool = True) -> dict[str, Any]:
     """The simulate backend: peak bytes, breakdown at the peak, phase marks, parameter counts.
 
-    ``extrapolate_depth``: above depth 3, simulate at depths 2 and 3 and extrapolate (see module doc);
-    otherwise (or if False) simulate the real depth.
+    ``extrapolate_depth``: above depth 3, simulate at depths 2 and 3 and extrapolate (see module doc;
+    3 and 4 with gradient checkpointing); otherwise (or if False) simulate the real depth.
     """
     from lorafa_repro.methods import get_method
 
     depth = cfg.layers or model_depth(cfg.model)
-    lo, hi = EXTRAPOLATION_DEPTHS
+    lo, hi = EXTRAPOLATION_DEPTHS_CKPT if cfg.gradient_checkpointing else EXTRAPOLATION_DEPTHS
     if extrapolate_depth and depth > hi:
         runs = [simulate_once(replace(cfg, layers=d)) for d in (lo, hi)]
         res = extrapolate(runs[0], runs[1], lo, hi, depth)
