@@ -169,15 +169,17 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
     out.append(f"OOM = peak above the device budget of {budget} GiB (the paper's A100 40GB); the number in "
                "brackets is the peak the step would need.")
     settings = sorted({(c["config"]["model"], c["config"]["batch_size"], c["config"]["seq_len"],
-                        c["config"].get("target_len"), c["config"]["dtype"], c["config"].get("attn", "eager"))
+                        c["config"].get("target_len"), c["config"]["dtype"], c["config"].get("attn", "eager"),
+                        bool(c["config"].get("gradient_checkpointing")))
                        for c in cells}, key=lambda t: MODEL_ORDER.index(t[0]) if t[0] in MODEL_ORDER else 99)
     seen = []
-    for m, b, s, t, d, attn in settings:
+    for m, b, s, t, d, attn, ckpt in settings:
         if (m, b) in [(x[0], x[1]) for x in seen]:
             continue
         seen.append((m, b))
         tokens = f"source {s} + target {t} tokens" if t else f"{s} tokens"
-        out.append(f"{m}: batch {b}, {tokens}, {d}, {attn} attention.")
+        recompute = "gradient checkpointing" if ckpt else "no recomputation"
+        out.append(f"{m}: batch {b}, {tokens}, {d}, {attn} attention, {recompute}.")
     out.append("Precision: fp32 weights, activations, gradients and AdamW states for every row, the choice that "
                "matches the paper's FT rows best (next note); sequence lengths: 128 as everywhere else in "
                "the paper, T5 with 128 source and 128 target tokens; LLaMA-7B with 128 source + 128 target "
@@ -197,7 +199,9 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
     out.append("Step: steady state (AdamW states already allocated, gradients None at the start), forward, "
                "backward, gradient clipping, AdamW foreach step (PyTorch's CUDA default), zero_grad. LoRA "
                "alpha 16, adapter dropout 0 (the models' own dropout 0.1 active), adapters on every linear "
-               "layer of the transformer blocks, RoBERTa's classification head trained. LoRA-FA = "
+               "layer of the transformer blocks, RoBERTa's classification head trained, every activation "
+               "kept for backward (no gradient checkpointing: the paper's claim is memory saved without "
+               "recomputation; results/fig3_memory_vs_rank.md shows LLaMA-7B with it). LoRA-FA = "
                "methods/lora_fa.py of the run's checkout (code fingerprint below).")
     extra = [c for c in cells if c["memory"].get("extrapolation")]
     if extra:
