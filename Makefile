@@ -41,5 +41,5 @@ reproduce-table4:  ## Table 4: probe every cell (measured with a GPU, else simul
 table4:  ## render results/table4/table4.{md,csv,tex} from the committed result.json files (no recomputation)
 	$(PYTHON) analysis/table4.py --results results/table4
 
-fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped unless FORCE=1) -> results/fig3_memory_vs_rank.{pdf,png}
+fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped unless FORCE=1) -> results/fig3_memory_vs_rank.{pdf,png,md}
 	$(PYTHON) analysis/fig3_memory_vs_rank.py --out results $(if $(FORCE),--force)
