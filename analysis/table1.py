@@ -3,6 +3,8 @@
     python analysis/table1.py [--results results/raw/glue_methods] [--out results/table1]
 
 Reads only result.json files (kind "train", status "success", task family glue) under --results.
+A run of a shipped architecture trained from random init is listed as "<model> (random init)", apart
+from the paper's pretrained rows.
 Per model x method x task the reported number is the median over seeds of the final score
 (the paper's metric: MCC for CoLA, Pearson for STS-B, mean m/mm accuracy for MNLI, accuracy otherwise),
 in percent. Writes <out>/table1.md and table1.csv. Cells with no run are left empty.
@@ -27,7 +29,7 @@ def ours(results: Path) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=["model", "method", "task", "score", "seeds"])
     df = df[(df["status"] == "success") & (df["config.task.family"] == "glue")]
-    df = df.assign(model=df["config.model.name"], method=df["config.method.name"], task=df["config.task.name"],
+    df = df.assign(model=df["model_label"], method=df["config.method.name"], task=df["config.task.name"],
                    score=100 * df["metrics.final.score"])
     return (df.groupby(["model", "method", "task"])
               .agg(score=("score", "median"), seeds=("score", "size"), trainable=("params.trainable", "first"))

@@ -22,9 +22,10 @@ def test_table1_renders_runs_next_to_the_paper(synthetic_glue: Path, tmp_path: P
                            "task=glue/rte", f"task.data_dir={synthetic_glue}", f"seed={seed}"])
         run(cfg, tmp_path / "raw" / f"seed{seed}")
     table = _table1().render(tmp_path / "raw", tmp_path / "out")
-    row = table[(table["model"] == "tiny-roberta") & (table["method"] == "lora_fa")].iloc[0]
+    row = table[(table["model"] == "tiny-roberta (random init)") & (table["method"] == "lora_fa")].iloc[0]
     assert 0 <= row["rte_ours"] <= 100 and row["mrpc_ours"] is None
     paper = table[(table["model"] == "roberta-base") & (table["method"] == "lora_fa")].iloc[0]
     assert paper["rte_paper"] == 67.9
     md = (tmp_path / "out" / "table1.md").read_text()
-    assert "| roberta-base | lora_fa | 1.8 / - |" in md
+    assert "| roberta-base | lora_fa | 1.8 / - |" in md  # no random-init run fills the paper's pretrained row
+    assert "| tiny-roberta (random init) | lora_fa |" in md

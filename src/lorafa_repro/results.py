@@ -143,8 +143,16 @@ def find_results(root: str | Path) -> Iterable[Path]:
     return sorted(Path(root).rglob("result.json"))
 
 
+def model_label(name: str, source: str | None) -> str:
+    """How the analysis names a training run's model: its name, marked "(random init)" for a shipped
+    architecture trained from scratch (``model.source=shipped``), so such runs never stand in for the
+    paper's pretrained rows."""
+    return f"{name} (random init)" if source == "shipped" else name
+
+
 def load_results(root: str | Path, kind: str | None = None):
-    """All result.json files under ``root`` as a flat pandas DataFrame (one row per run)."""
+    """All result.json files under ``root`` as a flat pandas DataFrame (one row per run); training runs
+    also get ``model_label`` (:func:`model_label`)."""
     import pandas as pd
 
     rows = []
@@ -153,6 +161,9 @@ def load_results(root: str | Path, kind: str | None = None):
         if kind and d["kind"] != kind:
             continue
         row = {"path": str(p.parent), "status": d["status"], "kind": d["kind"]}
+        model = d["config"].get("model")
+        if isinstance(model, dict) and "name" in model:
+            row["model_label"] = model_label(model["name"], model.get("source"))
         row.update(pd.json_normalize({k: d[k] for k in ("config", "metrics", "memory", "params", "timing")},
                                      sep=".").iloc[0].to_dict())
         rows.append(row)
