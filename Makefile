@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 TORCH_CPU ?= torch==2.13.0
 GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthetic_glue)
 
-.PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig3
+.PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig2 fig3 fig4
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ reproduce-table4:  ## Table 4: probe every cell (measured with a GPU, else simul
 
 table4:  ## render results/table4/table4.{md,csv,tex} from the committed result.json files (no recomputation)
 	$(PYTHON) analysis/table4.py --results results/table4
+
+fig2:  ## Figure 2: loss vs step, FT / LoRA / LoRA-FA on CoLA and SST-2, from results/raw/glue_methods (run its sweep first)
+	$(PYTHON) analysis/fig2_convergence.py --results results/raw/glue_methods --out results
+
+fig4:  ## Figure 4: MRPC score over rank x learning rate, LoRA vs LoRA-FA, from results/raw/rank_lr_mrpc (run its sweep first)
+	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results results/raw/rank_lr_mrpc --out results
 
 fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped unless FORCE=1) -> results/fig3_memory_vs_rank.{pdf,png,md}
 	$(PYTHON) analysis/fig3_memory_vs_rank.py --out results $(if $(FORCE),--force)

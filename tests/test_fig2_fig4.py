@@ -1,0 +1,116 @@
+"""Figures 2 and 4 render from run files alone (result.json + metrics.jsonl of tiny real runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, compose_cfg
+from lorafa_repro.run import run
+
+TINY = ["model=tiny_roberta", "trainer=tiny", "trainer.log_every=1", "task.max_train_samples=32"]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "analysis" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _first_loss(run_dir: Path) -> float:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return next(r["loss"] for r in rows if "loss" in r)
+
+
+def test_fig2_curves_from_metrics_jsonl(synthetic_glue: Path, tmp_path: Path) -> None:
+    fig2 = _load("fig2_convergence")
+    raw = tmp_path / "raw"
+    for task in ("cola", "sst2"):
+        for method in ("ft", "lora", "lora_fa"):
+            seeds = (0, 1) if method == "lora_fa" else (0,)
+            for seed in seeds:
+                cfg = compose_cfg(TINY + [f"task=glue/{task}", f"task.data_dir={synthetic_glue}", f"method={method}",
+                                          "trainer.max_steps=6", f"seed={seed}"])
+                assert run(cfg, raw / task / f"{method}_s{seed}")["status"] == "success"
+    # a failed run is ignored
+    (raw / "broken").mkdir()
+    (raw / "broken" / "result.json").write_text(json.dumps({**json.loads((raw / "cola" / "ft_s0" / "result.json")
+                                                                        .read_text()), "status": "failed",
+                                                            "error": "boom"}))
+
+    fig2.render(raw, tmp_path / "out", model="tiny-roberta (random init)", tasks=("cola", "sst2"))
+    for name in ("fig2_convergence.pdf", "fig2_convergence.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000
+    md = (tmp_path / "out" / "fig2_convergence.md").read_text()
+    curves = fig2.load_curves(raw, "tiny-roberta (random init)", ["cola", "sst2"])
+    assert len(curves[("cola", "lora_fa")]) == 2 and len(curves[("cola", "ft")]) == 1
+    assert sorted(curves[("sst2", "lora")][0]) == [1, 2, 3, 4, 5, 6]
+    ft_first = _first_loss(raw / "cola" / "ft_s0")
+    assert f"| cola | FT | 1 | 6 | {ft_first:.4f} |" in md
+    assert "| 1.000 |" in md  # FT against itself
+    fa = (_first_loss(raw / "sst2" / "lora_fa_s0") + _first_loss(raw / "sst2" / "lora_fa_s1")) / 2
+    assert f"| sst2 | LoRA-FA | 2 | 6 | {fa:.4f} |" in md
+
+
+def test_fig2_mean_curve_and_second_half() -> None:
+    fig2 = _load("fig2_convergence")
+    mean = fig2.mean_curve([{1: 2.0, 2: 1.0, 4: 0.5}, {1: 4.0, 2: 3.0}])
+    assert mean == {1: 3.0, 2: 2.0}  # only the steps both runs logged
+    assert fig2.second_half_mean({1: 4.0, 2: 3.0, 3: 2.0, 4: 1.0}) == pytest.approx(1.5)  # steps 3 and 4
+
+
+def test_fig4_grid_from_result_files(synthetic_glue: Path, tmp_path: Path) -> None:
+    fig4 = _load("fig4_rank_lr_heatmap")
+    raw = tmp_path / "raw"
+    expected = {}
+    for method in ("lora", "lora_fa"):
+        for rank in (1, 4, 16):
+            for lr in (1e-4, 3e-2):
+                cfg = compose_cfg(TINY + ["task=glue/mrpc", f"task.data_dir={synthetic_glue}", f"method={method}",
+                                          f"method.rank={rank}", f"optim.lr={lr}", "trainer.max_steps=12",
+                                          "optim.warmup_ratio=0"])
+                result = run(cfg, raw / f"{method}_r{rank}_lr{lr}")
+                expected[(method, rank, lr)] = 100 * result["metrics"]["final"]["score"]
+    fig4.render(raw, tmp_path / "out", model="tiny-roberta (random init)", task="mrpc")
+    for name in ("fig4_rank_lr_heatmap.pdf", "fig4_rank_lr_heatmap.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000
+    grid = fig4.load_grid(raw, "tiny-roberta (random init)", "mrpc")
+    assert len(grid) == 12 and (grid["seeds"] == 1).all()
+    assert fig4.load_grid(raw, "tiny-roberta", "mrpc").empty  # random-init runs never pass for pretrained ones
+    for _, row in grid.iterrows():
+        assert row["score"] == pytest.approx(expected[(row["method"], row["rank"], row["lr"])])
+    md = (tmp_path / "out" / "fig4_rank_lr_heatmap.md").read_text()
+    assert "| Rank \\ lr | 0.0001 | 0.03 | Best lr |" in md
+    for rank in (1, 4, 16):
+        low, high = (expected[("lora_fa", rank, lr)] for lr in (1e-4, 3e-2))
+        best = 3e-2 if high > low else 1e-4  # ties go to the smaller learning rate
+        assert f"| {rank} | {low:.1f} | {high:.1f} | {best:g} |" in md
+    assert len({round(v, 3) for v in expected.values()}) > 1, "the grid should not be flat"
+
+
+def test_fig4_best_lr_and_rank_correlation() -> None:
+    fig4 = _load("fig4_rank_lr_heatmap")
+    table = pd.DataFrame({1e-4: [50.0, 60.0, 70.0, 90.0], 1e-3: [60.0, 80.0, 75.0, 70.0],
+                          1e-2: [90.0, 70.0, 60.0, 50.0]}, index=[1, 4, 16, 64])
+    assert fig4.best_lr_per_rank(table) == {1: 1e-2, 4: 1e-3, 16: 1e-3, 64: 1e-4}
+    assert fig4.rank_lr_correlation(table) == pytest.approx(-0.9486833)  # falls as the rank grows
+    assert fig4.rank_lr_correlation(table.iloc[:2]) is None  # too few ranks
+    flat = pd.DataFrame({1e-4: [1.0, 1.0, 1.0], 1e-3: [2.0, 2.0, 2.0]}, index=[1, 2, 4])
+    assert fig4.rank_lr_correlation(flat) is None  # one best lr for every rank: no correlation to report
+
+
+@pytest.mark.parametrize("name", ["fig2_convergence", "fig4_rank_lr_heatmap"])
+def test_no_runs_is_one_clear_message_and_writes_nothing(name: str, tmp_path: Path, capsys) -> None:
+    module = _load(name)
+    assert module.main(["--results", str(tmp_path / "raw"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "no successful" in err and "Fix: run the sweep first" in err and "--config-dir sweeps" in err
+    assert not (tmp_path / "out").exists()
