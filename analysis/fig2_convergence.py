@@ -40,15 +40,31 @@ def loss_curve(run_dir: Path) -> dict[int, float]:
     return curve
 
 
-def load_curves(results: Path, model: str, tasks: list[str]) -> dict[tuple[str, str], list[dict[int, float]]]:
-    """(task, method) -> one loss curve per successful run of ``model``."""
+def _runs(results: Path, model: str, tasks: list[str]):
+    """Successful training runs of ``model`` on ``tasks`` (a DataFrame, one row per run)."""
     from lorafa_repro.results import load_results
 
     df = load_results(results, kind="train")
+    if df.empty:
+        return df
+    return df[(df["status"] == "success") & (df["model_label"] == model) & df["config.task.name"].isin(tasks)]
+
+
+def final_scores(results: Path, model: str, tasks: list[str]) -> dict[tuple[str, str], float]:
+    """(task, method) -> median over runs of the final dev score (the task's main metric), in percent."""
+    df = _runs(results, model, tasks)
+    if df.empty:
+        return {}
+    med = df.groupby(["config.task.name", "config.method.name"])["metrics.final.score"].median()
+    return {key: 100 * float(v) for key, v in med.items()}
+
+
+def load_curves(results: Path, model: str, tasks: list[str]) -> dict[tuple[str, str], list[dict[int, float]]]:
+    """(task, method) -> one loss curve per successful run of ``model``."""
+    df = _runs(results, model, tasks)
     out: dict[tuple[str, str], list[dict[int, float]]] = {}
     if df.empty:
         return out
-    df = df[(df["status"] == "success") & (df["model_label"] == model) & df["config.task.name"].isin(tasks)]
     for _, row in df.sort_values("path").iterrows():
         curve = loss_curve(Path(row["path"]))
         if curve:
@@ -71,7 +87,9 @@ def second_half_mean(curve: dict[int, float]) -> float | None:
     return sum(tail) / len(tail) if tail else None
 
 
-def summarize(curves: dict[tuple[str, str], list[dict[int, float]]], tasks: list[str]) -> list[dict[str, Any]]:
+def summarize(curves: dict[tuple[str, str], list[dict[int, float]]], tasks: list[str],
+              scores: dict[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
+    scores = scores or {}
     rows = []
     for task in tasks:
         ft = second_half_mean(mean_curve(curves.get((task, "ft"), [])))
@@ -84,7 +102,8 @@ def summarize(curves: dict[tuple[str, str], list[dict[int, float]]], tasks: list
             half = second_half_mean(mean)
             rows.append({"task": task, "method": method, "runs": len(runs), "steps": max(mean),
                          "first_loss": mean[min(mean)], "final_loss": mean[max(mean)], "second_half_loss": half,
-                         "vs_ft": half / ft if ft and half is not None else None})
+                         "vs_ft": half / ft if ft and half is not None else None,
+                         "dev_score": scores.get((task, method))})
     return rows
 
 
@@ -126,18 +145,20 @@ def _f(x: float | None) -> str:
 def to_markdown(rows: list[dict[str, Any]], results: Path, model: str) -> str:
     lines = ["# Figure 2: convergence (training loss vs step)", "",
              f"Runs: result.json + metrics.jsonl under `{results}`, model {model}; curves averaged over seeds.", "",
-             "| Task | Method | Runs | Steps | First loss | Final loss | Mean loss, 2nd half | vs FT |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| Task | Method | Runs | Steps | First loss | Final loss | Mean loss, 2nd half | vs FT | Final dev score (%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r["runs"]:
-            lines.append(f"| {r['task']} | {LABELS[r['method']]} | 0 | - | - | - | - | - |")
+            lines.append(f"| {r['task']} | {LABELS[r['method']]} | 0 | - | - | - | - | - | - |")
             continue
         vs = "-" if r["vs_ft"] is None else f"{r['vs_ft']:.3f}"
+        dev = "-" if r["dev_score"] is None else f"{r['dev_score']:.1f}"
         lines.append(f"| {r['task']} | {LABELS[r['method']]} | {r['runs']} | {r['steps']} | {_f(r['first_loss'])} | "
-                     f"{_f(r['final_loss'])} | {_f(r['second_half_loss'])} | {vs} |")
+                     f"{_f(r['final_loss'])} | {_f(r['second_half_loss'])} | {vs} | {dev} |")
     lines += ["", "Paper (§4.1, Figure 2; 4x A100, per-device batch 320, sequence 128): LoRA-FA converges as fast "
               "as LoRA and FT after the first few steps. It gives no numbers for the curves; `vs FT` is the mean "
-              "loss over the second half of training divided by FT's (1 = the same)."]
+              "loss over the second half of training divided by FT's (1 = the same). Final dev score: the task's "
+              "main metric (MCC for CoLA, accuracy for SST-2) at the end of training, median over runs."]
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +167,7 @@ def render(results: Path, out: Path, model: str = "roberta-base", tasks: tuple[s
     out.mkdir(parents=True, exist_ok=True)
     paths = plot(curves, list(tasks), model, out)
     md = out / "fig2_convergence.md"
-    md.write_text(to_markdown(summarize(curves, list(tasks)), results, model))
+    md.write_text(to_markdown(summarize(curves, list(tasks), final_scores(results, model, list(tasks))), results, model))
     return paths + [md]
 
 

@@ -58,6 +58,11 @@ def test_fig2_curves_from_metrics_jsonl(synthetic_glue: Path, tmp_path: Path) ->
     assert "| 1.000 |" in md  # FT against itself
     fa = (_first_loss(raw / "sst2" / "lora_fa_s0") + _first_loss(raw / "sst2" / "lora_fa_s1")) / 2
     assert f"| sst2 | LoRA-FA | 2 | 6 | {fa:.4f} |" in md
+    scores = [json.loads((raw / "sst2" / f"lora_fa_s{s}" / "result.json").read_text())["metrics"]["final"]["score"]
+              for s in (0, 1)]
+    assert fig2.final_scores(raw, "tiny-roberta (random init)", ["sst2"])[("sst2", "lora_fa")] == \
+        pytest.approx(100 * sum(scores) / 2)  # the median of two runs
+    assert f"| {100 * sum(scores) / 2:.1f} |" in md
 
 
 def test_fig2_mean_curve_and_second_half() -> None:
