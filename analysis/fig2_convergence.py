@@ -145,7 +145,8 @@ def _f(x: float | None) -> str:
 def to_markdown(rows: list[dict[str, Any]], results: Path, model: str) -> str:
     lines = ["# Figure 2: convergence (training loss vs step)", "",
              f"Runs: result.json + metrics.jsonl under `{results}`, model {model}; curves averaged over seeds.", "",
-             "| Task | Method | Runs | Steps | First loss | Final loss | Mean loss, 2nd half | vs FT | Final dev score (%) |",
+             "| Task | Method | Runs | Steps | First loss | Final loss | Mean loss, 2nd half | vs FT "
+             "| Final dev score (%) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r["runs"]:
@@ -162,12 +163,14 @@ def to_markdown(rows: list[dict[str, Any]], results: Path, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(results: Path, out: Path, model: str = "roberta-base", tasks: tuple[str, ...] = ("cola", "sst2")) -> list[Path]:
+def render(results: Path, out: Path, model: str = "roberta-base",
+           tasks: tuple[str, ...] = ("cola", "sst2")) -> list[Path]:
     curves = load_curves(results, model, list(tasks))
     out.mkdir(parents=True, exist_ok=True)
     paths = plot(curves, list(tasks), model, out)
     md = out / "fig2_convergence.md"
-    md.write_text(to_markdown(summarize(curves, list(tasks), final_scores(results, model, list(tasks))), results, model))
+    rows = summarize(curves, list(tasks), final_scores(results, model, list(tasks)))
+    md.write_text(to_markdown(rows, results, model))
     return paths + [md]
 
 

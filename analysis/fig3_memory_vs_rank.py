@@ -201,7 +201,8 @@ def summary_markdown(points: list[dict[str, Any]], budget_gb: float) -> str:
         lines += ["", f"Mean gap: ours {_cell(panel_gap(points, panel))} GiB; paper: ~{panel.paper_gap_gb:g} GB "
                   "(its text; the figure's values are not given).", ""]
     lines += [f"## LLaMA-7B settings study (rank {STUDY_RANK}, batch 32, 128 + 128 tokens)", "",
-              "| Precision | Gradient checkpointing | LoRA (GiB) | LoRA-FA (GiB) | Gap (GiB) | Fits 40 GiB | Fits 80 GiB |",
+              "| Precision | Gradient checkpointing | LoRA (GiB) | LoRA-FA (GiB) | Gap (GiB) | Fits 40 GiB "
+              "| Fits 80 GiB |",
               "|---|---|---|---|---|---|---|"]
     for dtype, ckpt in STUDY:
         a = series(points, "llama-7b", "lora", dtype, ckpt).get(STUDY_RANK)
@@ -244,8 +245,8 @@ def summary_notes(points: list[dict[str, Any]], budget_gb: float) -> list[str]:
                      f"{sum(gaps.values()) / len(gaps):.2f}), the paper's order of magnitude, and every peak "
                      f"({min(fa.values()):.1f}-{max(lora.values()):.1f} GiB) "
                      + ("fits" if fits else "does not fit") + f" the {budget_gb:g} GiB budget. Only one block's "
-                     "inputs are alive at a time, so LoRA's extra X is at most one block's worth; the gap grows with the "
-                     "rank because LoRA also holds gradients and AdamW states for A. The paper follows QLoRA "
+                     "inputs are alive at a time, so LoRA's extra X is at most one block's worth; the gap grows with "
+                     "the rank because LoRA also holds gradients and AdamW states for A. The paper follows QLoRA "
                      "(Dettmers et al., 2023) for LLaMA, whose script turns checkpointing on by default "
                      "(shared/paper/baselines.md); the paper's LLaMA statements (a ~1 GB gap, runs on an A100) are "
                      "consistent with this setting and not with keeping every activation. Table 4's rows keep "
