@@ -50,26 +50,35 @@ def _runs(results: Path, model: str, tasks: list[str]):
     return df[(df["status"] == "success") & (df["model_label"] == model) & df["config.task.name"].isin(tasks)]
 
 
-def final_scores(results: Path, model: str, tasks: list[str]) -> dict[tuple[str, str], float]:
-    """(task, method) -> median over runs of the final dev score (the task's main metric), in percent."""
+Key = tuple[str, str, float]  # (task, method, learning rate): runs that differ only by seed share a curve
+
+
+def final_scores(results: Path, model: str, tasks: list[str]) -> dict[Key, float]:
+    """(task, method, lr) -> median over runs of the final dev score (the task's main metric), in percent."""
     df = _runs(results, model, tasks)
     if df.empty:
         return {}
-    med = df.groupby(["config.task.name", "config.method.name"])["metrics.final.score"].median()
-    return {key: 100 * float(v) for key, v in med.items()}
+    med = df.groupby(["config.task.name", "config.method.name", "config.optim.lr"])["metrics.final.score"].median()
+    return {(t, m, float(lr)): 100 * float(v) for (t, m, lr), v in med.items()}
 
 
-def load_curves(results: Path, model: str, tasks: list[str]) -> dict[tuple[str, str], list[dict[int, float]]]:
-    """(task, method) -> one loss curve per successful run of ``model``."""
+def load_curves(results: Path, model: str, tasks: list[str]) -> dict[Key, list[dict[int, float]]]:
+    """(task, method, lr) -> one loss curve per successful run of ``model``."""
     df = _runs(results, model, tasks)
-    out: dict[tuple[str, str], list[dict[int, float]]] = {}
+    out: dict[Key, list[dict[int, float]]] = {}
     if df.empty:
         return out
     for _, row in df.sort_values("path").iterrows():
         curve = loss_curve(Path(row["path"]))
         if curve:
-            out.setdefault((row["config.task.name"], row["config.method.name"]), []).append(curve)
+            key = (row["config.task.name"], row["config.method.name"], float(row["config.optim.lr"]))
+            out.setdefault(key, []).append(curve)
     return out
+
+
+def keys_of(curves: dict[Key, Any], task: str, method: str) -> list[Key]:
+    """The (task, method, lr) keys present, by learning rate."""
+    return sorted(k for k in curves if k[:2] == (task, method))
 
 
 def mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
@@ -87,46 +96,49 @@ def second_half_mean(curve: dict[int, float]) -> float | None:
     return sum(tail) / len(tail) if tail else None
 
 
-def summarize(curves: dict[tuple[str, str], list[dict[int, float]]], tasks: list[str],
-              scores: dict[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
+def summarize(curves: dict[Key, list[dict[int, float]]], tasks: list[str],
+              scores: dict[Key, float] | None = None) -> list[dict[str, Any]]:
+    """One row per (task, method, lr); ``vs_ft`` against the FT learning rate with the lowest second-half loss."""
     scores = scores or {}
     rows = []
     for task in tasks:
-        ft = second_half_mean(mean_curve(curves.get((task, "ft"), [])))
+        ft_halves = [second_half_mean(mean_curve(curves[k])) for k in keys_of(curves, task, "ft")]
+        ft = min((h for h in ft_halves if h is not None), default=None)
         for method in METHODS:
-            runs = curves.get((task, method), [])
-            mean = mean_curve(runs)
-            if not mean:
-                rows.append({"task": task, "method": method, "runs": 0})
-                continue
-            half = second_half_mean(mean)
-            rows.append({"task": task, "method": method, "runs": len(runs), "steps": max(mean),
-                         "first_loss": mean[min(mean)], "final_loss": mean[max(mean)], "second_half_loss": half,
-                         "vs_ft": half / ft if ft and half is not None else None,
-                         "dev_score": scores.get((task, method))})
+            keys = keys_of(curves, task, method)
+            if not keys:
+                rows.append({"task": task, "method": method, "lr": None, "runs": 0})
+            for key in keys:
+                mean = mean_curve(curves[key])
+                half = second_half_mean(mean)
+                rows.append({"task": task, "method": method, "lr": key[2], "runs": len(curves[key]),
+                             "steps": max(mean), "first_loss": mean[min(mean)], "final_loss": mean[max(mean)],
+                             "second_half_loss": half, "vs_ft": half / ft if ft and half is not None else None,
+                             "dev_score": scores.get(key)})
     return rows
 
 
-def plot(curves: dict[tuple[str, str], list[dict[int, float]]], tasks: list[str], model: str, out: Path) -> list[Path]:
+def plot(curves: dict[Key, list[dict[int, float]]], tasks: list[str], model: str, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    styles = ("-", "--", ":", "-.")
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for method in METHODS:
-            mean = mean_curve(curves.get((task, method), []))
-            if mean:
-                n = len(curves[(task, method)])
-                ax.plot(list(mean), list(mean.values()), color=COLORS[method], lw=1.4,
-                        label=f"{LABELS[method]} ({n} run{'s' if n > 1 else ''})")
+            for i, key in enumerate(keys_of(curves, task, method)):
+                mean = mean_curve(curves[key])
+                n = len(curves[key])
+                ax.plot(list(mean), list(mean.values()), color=COLORS[method], lw=1.4, ls=styles[i % len(styles)],
+                        label=f"{LABELS[method]}, lr {key[2]:g} ({n} run{'s' if n > 1 else ''})")
         ax.set_title(f"{model}, {TASK_TITLES.get(task, task)}", fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="0.5")
     fig.suptitle("Figure 2: convergence of FT, LoRA and LoRA-FA", fontsize=10)
@@ -145,20 +157,21 @@ def _f(x: float | None) -> str:
 def to_markdown(rows: list[dict[str, Any]], results: Path, model: str) -> str:
     lines = ["# Figure 2: convergence (training loss vs step)", "",
              f"Runs: result.json + metrics.jsonl under `{results}`, model {model}; curves averaged over seeds.", "",
-             "| Task | Method | Runs | Steps | First loss | Final loss | Mean loss, 2nd half | vs FT "
+             "| Task | Method | lr | Runs | Steps | First loss | Final loss | Mean loss, 2nd half | vs FT "
              "| Final dev score (%) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r["runs"]:
-            lines.append(f"| {r['task']} | {LABELS[r['method']]} | 0 | - | - | - | - | - | - |")
+            lines.append(f"| {r['task']} | {LABELS[r['method']]} | - | 0 | - | - | - | - | - | - |")
             continue
         vs = "-" if r["vs_ft"] is None else f"{r['vs_ft']:.3f}"
         dev = "-" if r["dev_score"] is None else f"{r['dev_score']:.1f}"
-        lines.append(f"| {r['task']} | {LABELS[r['method']]} | {r['runs']} | {r['steps']} | {_f(r['first_loss'])} | "
-                     f"{_f(r['final_loss'])} | {_f(r['second_half_loss'])} | {vs} | {dev} |")
+        lines.append(f"| {r['task']} | {LABELS[r['method']]} | {r['lr']:g} | {r['runs']} | {r['steps']} | "
+                     f"{_f(r['first_loss'])} | {_f(r['final_loss'])} | {_f(r['second_half_loss'])} | {vs} | {dev} |")
     lines += ["", "Paper (§4.1, Figure 2; 4x A100, per-device batch 320, sequence 128): LoRA-FA converges as fast "
-              "as LoRA and FT after the first few steps. It gives no numbers for the curves; `vs FT` is the mean "
-              "loss over the second half of training divided by FT's (1 = the same). Final dev score: the task's "
+              "as LoRA and FT after the first few steps. It gives no numbers for the curves. Runs that differ only "
+              "by seed share a row and a curve; `vs FT` is the mean loss over the second half of training divided "
+              "by FT's (its learning rate with the lowest such loss; 1 = the same). Final dev score: the task's "
               "main metric (MCC for CoLA, accuracy for SST-2) at the end of training, median over runs."]
     return "\n".join(lines) + "\n"
 

@@ -51,18 +51,34 @@ def test_fig2_curves_from_metrics_jsonl(synthetic_glue: Path, tmp_path: Path) ->
         assert (tmp_path / "out" / name).stat().st_size > 1000
     md = (tmp_path / "out" / "fig2_convergence.md").read_text()
     curves = fig2.load_curves(raw, "tiny-roberta (random init)", ["cola", "sst2"])
-    assert len(curves[("cola", "lora_fa")]) == 2 and len(curves[("cola", "ft")]) == 1
-    assert sorted(curves[("sst2", "lora")][0]) == [1, 2, 3, 4, 5, 6]
+    lr = 5e-4  # the optimizer default every run here used
+    assert len(curves[("cola", "lora_fa", lr)]) == 2 and len(curves[("cola", "ft", lr)]) == 1
+    assert sorted(curves[("sst2", "lora", lr)][0]) == [1, 2, 3, 4, 5, 6]
     ft_first = _first_loss(raw / "cola" / "ft_s0")
-    assert f"| cola | FT | 1 | 6 | {ft_first:.4f} |" in md
+    assert f"| cola | FT | 0.0005 | 1 | 6 | {ft_first:.4f} |" in md
     assert "| 1.000 |" in md  # FT against itself
     fa = (_first_loss(raw / "sst2" / "lora_fa_s0") + _first_loss(raw / "sst2" / "lora_fa_s1")) / 2
-    assert f"| sst2 | LoRA-FA | 2 | 6 | {fa:.4f} |" in md
+    assert f"| sst2 | LoRA-FA | 0.0005 | 2 | 6 | {fa:.4f} |" in md
     scores = [json.loads((raw / "sst2" / f"lora_fa_s{s}" / "result.json").read_text())["metrics"]["final"]["score"]
               for s in (0, 1)]
-    assert fig2.final_scores(raw, "tiny-roberta (random init)", ["sst2"])[("sst2", "lora_fa")] == \
+    assert fig2.final_scores(raw, "tiny-roberta (random init)", ["sst2"])[("sst2", "lora_fa", lr)] == \
         pytest.approx(100 * sum(scores) / 2)  # the median of two runs
     assert f"| {100 * sum(scores) / 2:.1f} |" in md
+
+
+def test_fig2_keeps_learning_rates_apart() -> None:
+    """Runs at different learning rates are different curves (only seeds are averaged); FT's reference is
+    its learning rate with the lowest second-half loss."""
+    fig2 = _load("fig2_convergence")
+    curves = {("sst2", "ft", 1e-4): [{1: 1.0, 2: 0.8}], ("sst2", "ft", 1e-3): [{1: 1.0, 2: 0.4}],
+              ("sst2", "lora_fa", 5e-4): [{1: 1.0, 2: 0.6}], ("sst2", "lora_fa", 2e-3): [{1: 1.0, 2: 0.2}]}
+    rows = fig2.summarize(curves, ["sst2"])
+    by = {(r["method"], r["lr"]): r for r in rows}
+    assert set(by) == {("ft", 1e-4), ("ft", 1e-3), ("lora_fa", 5e-4), ("lora_fa", 2e-3), ("lora", None)}
+    assert by[("ft", 1e-3)]["vs_ft"] == pytest.approx(1.0)
+    assert by[("lora_fa", 5e-4)]["vs_ft"] == pytest.approx(1.5)
+    assert by[("lora_fa", 2e-3)]["vs_ft"] == pytest.approx(0.5)
+    assert by[("lora", None)]["runs"] == 0
 
 
 def test_fig2_mean_curve_and_second_half() -> None:
