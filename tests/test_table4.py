@@ -122,3 +122,29 @@ def test_result_files_are_valid_memory_probes() -> None:
         data = json.loads(p.read_text())
         validate_result(data)
         assert data["kind"] == "memory_probe"
+
+
+def test_gradient_checkpointing_variant_goes_to_its_own_folder(monkeypatch) -> None:
+    """--gradient-checkpointing probes the same cells with recomputation into results/table4_ckpt (never over
+    the committed table) and skips the precision study, which is about the paper's FT rows."""
+    seen = {}
+
+    def fake_run_table(cells, out_dir, backend, **kwargs):
+        seen["cells"], seen["out"] = cells, out_dir
+        return []
+
+    monkeypatch.setattr(T, "run_table", fake_run_table)
+    monkeypatch.setattr(T, "precision_study", lambda *a, **k: pytest.fail("no precision study with checkpointing"))
+    assert T.main(["--gradient-checkpointing", "--models", "roberta-base", "--backend", "simulate",
+                   "--no-render"]) == 0
+    assert seen["out"] == Path("results/table4_ckpt")
+    assert len(seen["cells"]) == len(T.table_methods()) and all(c.gradient_checkpointing for c in seen["cells"])
+    assert not any(c.gradient_checkpointing for c in T.table_cells(["roberta-base"]))
+
+
+def test_render_states_recomputation(tmp_path) -> None:
+    cells = [ProbeConfig(model="tiny-roberta", method=m, gradient_checkpointing=True, **TINY)
+             for m in ("lora", "lora_fa")]
+    T.run_table(cells, tmp_path, "simulate")
+    md = renderer().render(tmp_path)["md"].read_text()
+    assert "tiny-roberta: batch 4, 16 tokens, fp32, eager attention, gradient checkpointing." in md

@@ -2,6 +2,7 @@
 
     python -m lorafa_repro.memory.table4 [--backend auto|cuda|simulate|analytic] [--out results/table4]
         [--budget-gb 40] [--compare] [--force] [--models roberta-base,t5-small] [--no-render]
+        [--gradient-checkpointing]   # the same cells with recomputation, into results/table4_ckpt
 
 Cells: the paper's 18 (6 models x FT/LoRA/LoRA-FA at the paper's batch sizes and ranks) and, for
 every model, each registered 4-bit method (``Method.quantize_4bit``: qlora, and qlora_fa as soon as it
@@ -55,9 +56,9 @@ def table_methods() -> list[str]:
     return list(PAPER_METHODS) + [name for name, spec in METHODS.items() if spec.quantize_4bit]
 
 
-def table_cells(models: list[str] | None = None, *, budget_gb: float = 40.0,
-                dtype: str = TABLE_DTYPE) -> list[ProbeConfig]:
-    """Every cell of the table, in row order."""
+def table_cells(models: list[str] | None = None, *, budget_gb: float = 40.0, dtype: str = TABLE_DTYPE,
+                gradient_checkpointing: bool = False) -> list[ProbeConfig]:
+    """Every cell of the table, in row order (``gradient_checkpointing``: the variant with recomputation)."""
     cells = []
     for model, (batch, rank) in PAPER_CELLS.items():
         if models and model not in models:
@@ -66,7 +67,7 @@ def table_cells(models: list[str] | None = None, *, budget_gb: float = 40.0,
         for method in table_methods():
             cells.append(ProbeConfig(model=model, method=method, rank=None if method == "ft" else rank,
                                      batch_size=batch, seq_len=seq, target_len=target, dtype=dtype,
-                                     budget_gb=budget_gb))
+                                     gradient_checkpointing=gradient_checkpointing, budget_gb=budget_gb))
     return cells
 
 
@@ -212,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_known_warnings()
     p = argparse.ArgumentParser(prog="python -m lorafa_repro.memory.table4", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="auto", choices=("auto", "cuda", "simulate", "analytic"))
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"default {DEFAULT_OUT} ({DEFAULT_OUT}_ckpt with --gradient-checkpointing)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="the table with activation recomputation per block (the paper's rows keep every activation)")
     p.add_argument("--budget-gb", type=float, default=40.0, help="device budget in GiB; above it a cell is OOM")
     p.add_argument("--compare", action="store_true", help="with a GPU: also simulate each cell, report both")
     p.add_argument("--force", action="store_true", help="recompute cells that are done")
@@ -227,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     backend = resolve_backend(a.backend)
     if a.compare and backend != "cuda":
         print("--compare needs the cuda backend (a GPU): running without the comparison", flush=True)
-    results = run_table(table_cells(models, budget_gb=a.budget_gb), a.out, backend, force=a.force,
-                        compare=a.compare)
-    if not a.no_precision_study and backend != "analytic":
-        precision_study(a.out, force=a.force)
+    out = a.out or (Path(f"{DEFAULT_OUT}_ckpt") if a.gradient_checkpointing else DEFAULT_OUT)
+    cells = table_cells(models, budget_gb=a.budget_gb, gradient_checkpointing=a.gradient_checkpointing)
+    results = run_table(cells, out, backend, force=a.force, compare=a.compare)
+    if not a.no_precision_study and backend != "analytic" and not a.gradient_checkpointing:
+        precision_study(out, force=a.force)
     if not a.no_render:
-        render(a.out, budget_gb=a.budget_gb)
+        render(out, budget_gb=a.budget_gb)
     return 0 if all(r["status"] in ("success", "oom") for r in results) else 1
 
 
