@@ -181,7 +181,7 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
         recompute = "gradient checkpointing" if ckpt else "no recomputation"
         out.append(f"{m}: batch {b}, {tokens}, {d}, {attn} attention, {recompute}.")
     out.append("Precision: fp32 weights, activations, gradients and AdamW states for every row, the choice that "
-               "matches the paper's FT rows best (next note); sequence lengths: 128 as everywhere else in "
+               "matches the paper's FT rows best (results/table4/precision_study.json); sequence lengths: 128 as everywhere else in "
                "the paper, T5 with 128 source and 128 target tokens; LLaMA-7B with 128 source + 128 target "
                "tokens (Figure 3's lengths, the only ones the paper gives for LLaMA).")
     study = results_dir / "precision_study.json"
@@ -196,21 +196,32 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
                 parts.append(f"{dtype}: {min(ratios):.2f}-{max(ratios):.2f}")
         out.append("Precision study, simulated FT peak / paper FT number over RoBERTa-base/large and "
                    "T5-small/base/large: " + "; ".join(parts) + " (precision_study.json).")
+    ckpt = {bool(c["config"].get("gradient_checkpointing")) for c in cells}
+    if ckpt == {False}:
+        recompute = ("every activation kept for backward (no gradient checkpointing: the paper's claim is memory "
+                     "saved without recomputation; results/fig3_memory_vs_rank.md shows LLaMA-7B with it, and "
+                     "results/table4_ckpt these cells)")
+    elif ckpt == {True}:
+        recompute = ("gradient checkpointing: each block keeps only its input and is recomputed in backward "
+                     "(non-reentrant torch.utils.checkpoint), not the setting of the paper's Table 4 "
+                     "(results/table4 keeps every activation)")
+    else:
+        recompute = "gradient checkpointing as stated per model above"
     out.append("Step: steady state (AdamW states already allocated, gradients None at the start), forward, "
                "backward, gradient clipping, AdamW foreach step (PyTorch's CUDA default), zero_grad. LoRA "
                "alpha 16, adapter dropout 0 (the models' own dropout 0.1 active), adapters on every linear "
-               "layer of the transformer blocks, RoBERTa's classification head trained, every activation "
-               "kept for backward (no gradient checkpointing: the paper's claim is memory saved without "
-               "recomputation; results/fig3_memory_vs_rank.md shows LLaMA-7B with it). LoRA-FA = "
+               f"layer of the transformer blocks, RoBERTa's classification head trained, {recompute}. LoRA-FA = "
                "methods/lora_fa.py of the run's checkout (code fingerprint below).")
     extra = [c for c in cells if c["memory"].get("extrapolation")]
     if extra:
         d = extra[0]["memory"]["extrapolation"]["depths"]
+        checked = ("0 bytes off a full-depth simulation for RoBERTa-base LoRA-FA and T5-base LoRA/LoRA-FA with "
+                   "checkpointing" if True in ckpt else
+                   "0 bytes off a full-depth simulation for FT/LoRA/LoRA-FA on RoBERTa-base/large and T5-base and "
+                   "for FT/LoRA-FA on LLaMA-7B at these settings")
         out.append(f"Depth: the simulator runs each model at {d[0]} and {d[1]} blocks per stack and extrapolates "
-                   "each phase/region peak linearly to the real depth (exact for identical blocks: 0 bytes off a "
-                   "full-depth simulation for FT/LoRA/LoRA-FA on RoBERTa-base/large and T5-base and for "
-                   "FT/LoRA-FA on LLaMA-7B at these settings; tests/test_memory_probe.py checks it on tiny "
-                   "models).")
+                   f"each phase/region peak linearly to the real depth (exact for identical blocks: {checked}; "
+                   "tests/test_memory_probe.py checks it on tiny models).")
     if any(c["memory"].get("nf4_correction") for c in cells):
         out.append("4-bit rows (not in the paper): simulated with the block linears at the compute dtype, then "
                    "their bytes replaced by NF4 with double quantization (0.5 byte/weight + 1 byte per 64 "
@@ -218,9 +229,9 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
                    "layout) and one dequantized weight added to the forward/backward temporaries; "
                    "compute dtype fp32 like the other rows (QLoRA's own recipe uses bf16).")
     out.append("Analytic = the paper's formula terms over the real layer shapes and dtypes: weights, gradients, "
-               "AdamW states, the inputs (X) and XA kept by the block linears, plus one layer's backward "
-               "gradients; attention scores, softmax, GELU, LayerNorm, dropout masks and the loss are left out, "
-               "as in the paper.")
+               "AdamW states, the inputs (X) and XA kept by the block linears (with checkpointing: every block's "
+               "input plus one recomputed block's X / XA), plus one layer's backward gradients; attention "
+               "scores, softmax, GELU, LayerNorm, dropout masks and the loss are left out, as in the paper.")
     out.append("Ratio = LoRA peak / LoRA-FA peak (QLoRA / QLoRA-FA); paper's ratio from its numbers.")
     fa = df[df["method"] == "lora_fa"]
     ours_r, pap_r = fa["ratio_ours"].dropna(), fa["ratio_paper"].dropna()
