@@ -80,7 +80,7 @@ def plot(grid: pd.DataFrame, model: str, task: str, out: Path) -> list[Path]:
     image = None
     for ax, method in zip(axes[0], METHODS):
         table = tables[method]
-        ax.set_title(f"{LABELS[method]}: {task.upper()} score, {model}", fontsize=10)
+        ax.set_title(f"{LABELS[method]}: {task.upper()} score, {model} (* best lr per rank)", fontsize=9)
         if table.empty:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="0.5")
             ax.set_axis_off()
@@ -91,16 +91,17 @@ def plot(grid: pd.DataFrame, model: str, task: str, out: Path) -> list[Path]:
         ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index], fontsize=8)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("rank")
+        bright = vmin + 0.6 * (vmax - vmin)
         for i in range(table.shape[0]):
             for j in range(table.shape[1]):
                 v = table.iat[i, j]
                 if pd.notna(v):
-                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6, color="w")
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                            color="k" if v > bright else "w")
         best = best_lr_per_rank(table)
         cols = list(table.columns)
-        ax.plot([cols.index(lr) for lr in best.values()], [list(table.index).index(r) for r in best],
-                "r*", ms=7, label="best lr per rank")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.plot([cols.index(lr) + 0.32 for lr in best.values()], [list(table.index).index(r) + 0.3 for r in best],
+                "r*", ms=7)
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label="score (%)")
     fig.suptitle("Figure 4: score over rank x learning rate", fontsize=10)
