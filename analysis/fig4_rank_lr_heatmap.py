@@ -80,7 +80,7 @@ def plot(grid: pd.DataFrame, model: str, task: str, out: Path) -> list[Path]:
     image = None
     for ax, method in zip(axes[0], METHODS):
         table = tables[method]
-        ax.set_title(f"{LABELS[method]}: {task.upper()} score, {model} (* best lr per rank)", fontsize=9)
+        ax.set_title(f"{LABELS[method]} (star: best lr per rank)", fontsize=9)
         if table.empty:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="0.5")
             ax.set_axis_off()
@@ -104,7 +104,7 @@ def plot(grid: pd.DataFrame, model: str, task: str, out: Path) -> list[Path]:
                 "r*", ms=7)
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label="score (%)")
-    fig.suptitle("Figure 4: score over rank x learning rate", fontsize=10)
+    fig.suptitle(f"Figure 4: {task.upper()} score over rank x learning rate, {model}", fontsize=10)
     paths = [out / "fig4_rank_lr_heatmap.pdf", out / "fig4_rank_lr_heatmap.png"]
     for p in paths:
         fig.savefig(p, dpi=150, bbox_inches="tight")
