@@ -12,10 +12,10 @@ Panels (ranks 1, 2, 4, ..., 128 x {LoRA, LoRA-FA}, fp32 as in Table 4):
 Settings study (Markdown only): LLaMA-7B at rank 8 under fp32 / bf16 x checkpointing off / on.
 
 One result per point in <out>/fig3/<model>__<method>__r<rank>[__<dtype>][__ckpt].json (the
-memory_probe result schema; a point already there with the same configuration and backend is not
-recomputed unless --force), then <out>/fig3_memory_vs_rank.{pdf,png} and a Markdown summary
-<out>/fig3_memory_vs_rank.md with every number, the LoRA - LoRA-FA gap per panel and the paper's
-stated gaps beside ours. ``--plot-only`` draws from the stored points alone.
+memory_probe result schema; a point already there with the same configuration, backend and code
+fingerprint is not recomputed unless --force, the rule of Table 4's runner), then
+<out>/fig3_memory_vs_rank.{pdf,png} and a Markdown summary <out>/fig3_memory_vs_rank.md with every
+number, the LoRA - LoRA-FA gap per panel and the paper's stated gaps beside ours. ``--plot-only`` draws from the stored points alone.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def planned_points(budget_gb: float) -> list[Any]:
 def compute_points(out: Path, backend: str, budget_gb: float, force: bool = False) -> None:
     """Probe every point not stored yet, one progress line each."""
     from lorafa_repro.memory.probe import resolve_backend, run_probe
+    from lorafa_repro.memory.table4 import code_fingerprint, is_current
     from lorafa_repro.results import write_json_atomic
 
     backend = resolve_backend(backend)
@@ -98,14 +99,11 @@ def compute_points(out: Path, backend: str, budget_gb: float, force: bool = Fals
     for i, cfg in enumerate(todo, 1):
         path = point_path(out, cfg.model, cfg.method, cfg.rank, cfg.dtype, cfg.gradient_checkpointing)
         head = f"[{i:2d}/{len(todo)}] {path.stem}"
-        if not force and path.exists():
-            old = json.loads(path.read_text())
-            same = all(old["config"].get(k) == v for k, v in cfg.to_dict().items())
-            if same and old["memory"].get("backend") == backend and "peak_bytes" in old["memory"]:
-                print(f"{head}: done already", flush=True)
-                continue
+        if not force and is_current(path, cfg, backend):
+            print(f"{head}: done already", flush=True)
+            continue
         t0 = time.perf_counter()
-        result = run_probe(cfg, backend, extra_config={"figure": "fig3"})
+        result = run_probe(cfg, backend, extra_config={"figure": "fig3", "code": code_fingerprint()})
         write_json_atomic(path, result)
         peak = result["memory"].get("peak_bytes")
         print(f"{head}: {result['status']} {peak / GIB if peak else float('nan'):.2f} GiB "
