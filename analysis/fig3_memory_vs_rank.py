@@ -15,7 +15,8 @@ One result per point in <out>/fig3/<model>__<method>__r<rank>[__<dtype>][__ckpt]
 memory_probe result schema; a point already there with the same configuration, backend and code
 fingerprint is not recomputed unless --force, the rule of Table 4's runner), then
 <out>/fig3_memory_vs_rank.{pdf,png} and a Markdown summary <out>/fig3_memory_vs_rank.md with every
-number, the LoRA - LoRA-FA gap per panel and the paper's stated gaps beside ours. ``--plot-only`` draws from the stored points alone.
+number, the LoRA - LoRA-FA gap per panel and the paper's stated gaps beside ours. ``--plot-only`` draws
+from the stored points alone.
 """
 
 from __future__ import annotations
