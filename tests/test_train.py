@@ -57,6 +57,14 @@ def test_result_and_metrics_files_follow_the_schema(synthetic_glue: Path, tmp_pa
         assert r["peak_rss_bytes"] >= r["rss_bytes"] > 0
     assert [r["step"] for r in rows if "eval_score" in r] == [3, 6]
     assert not list(tmp_path.glob(".result.json.*")), "temp file left behind"
+    # every evaluation leaves its predictions; the final file rescores to the reported Pearson
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["step_000003.jsonl", "step_000006.jsonl"]
+    assert result["metrics"]["final"]["predictions_file"] == "predictions/step_000006.jsonl"
+    preds = [json.loads(line) for line in (tmp_path / "predictions" / "step_000006.jsonl").read_text().splitlines()]
+    assert len(preds) == 32 and {"split", "id", "prediction", "reference"} <= set(preds[0])
+    from scipy.stats import pearsonr
+    rescored = pearsonr([p["prediction"] for p in preds], [p["reference"] for p in preds])[0]
+    assert result["metrics"]["final"]["pearson"] == pytest.approx(rescored, abs=1e-6)
 
 
 def test_mnli_reports_mean_of_matched_and_mismatched(synthetic_glue: Path, tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         result["params"] = count_parameters(model)
         result["method_description"] = spec.description
         outcome = train_loop(model, task, tokenizer, trainer=cfg.trainer, optim=cfg.optim, method=m,
-                             device=device, memory=memory, log=log, seed=cfg.seed)
+                             device=device, memory=memory, log=log, seed=cfg.seed, out_dir=out)
         result["metrics"] = {"main_metric": task.main_metric, "final": outcome.final, "best": outcome.best,
                              "best_step": outcome.best_step, "first_loss": outcome.losses[0],
                              "last_loss": outcome.losses[-1]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,8 +27,8 @@ class LoopOutcome:
     steps: int
     train_s: float
     tokens: int
-    final: dict[str, float]
-    best: dict[str, float]
+    final: dict[str, Any]
+    best: dict[str, Any]
     best_step: int
     losses: list[float] = field(default_factory=list)
 
@@ -66,7 +67,10 @@ def _batches(loader: DataLoader):
 
 
 def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, optim: Any, method: Any,
-               device: torch.device, memory: PeakMemory, log: MetricsLog, seed: int) -> LoopOutcome:
+               device: torch.device, memory: PeakMemory, log: MetricsLog, seed: int,
+               out_dir: Path | None = None) -> LoopOutcome:
+    """Train ``model`` on ``task``; with ``out_dir``, each evaluation's per-example predictions go to
+    ``out_dir/predictions/step_<N>.jsonl`` (the final one is named in ``final["predictions_file"]``)."""
     train_data = task.train_dataset(tokenizer)
     if not train_data:
         raise ValueError("the training set is empty")
@@ -88,9 +92,13 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def evaluate() -> dict[str, float]:
-        return task.evaluate(model, tokenizer, batch_size=trainer.eval_batch_size, device=device,
-                             autocast=autocast)
+    def evaluate(step: int) -> dict[str, Any]:
+        path = out_dir / "predictions" / f"step_{step:06d}.jsonl" if out_dir is not None else None
+        metrics = task.evaluate(model, tokenizer, batch_size=trainer.eval_batch_size, device=device,
+                                autocast=autocast, predictions_path=path)
+        if path is not None and path.exists():
+            metrics["predictions_file"] = str(path.relative_to(out_dir))
+        return metrics
 
     model.train()
     batches = _batches(loader)
@@ -138,7 +146,7 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
             tokens_total += tokens_since
             t_log, tokens_since, loss_since, n_since = now, 0, 0.0, 0
         if (trainer.eval_every and step % trainer.eval_every == 0) or is_last:
-            metrics = evaluate()
+            metrics = evaluate(step)
             log.log({"step": step, **{f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in metrics.items()}})
             if not best or metrics["score"] > best["score"]:
                 best, best_step = dict(metrics), step

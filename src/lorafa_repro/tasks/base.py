@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -25,4 +26,9 @@ class Task(Protocol):
     def collate_fn(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]: ...
 
     def evaluate(self, model: nn.Module, tokenizer: Any, *, batch_size: int, device: torch.device,
-                 autocast: Callable[[], Any]) -> dict[str, float]: ...
+                 autocast: Callable[[], Any], predictions_path: Path | None = None) -> dict[str, Any]:
+        """Score ``model`` on the evaluation split(s). The dict holds ``score`` (the main metric, higher is
+        better) and float metrics; a value that is not a number (a metric's signature, say) is kept as a string.
+        With ``predictions_path``, also write one JSON line per evaluated example there (id, input, prediction,
+        reference), so anyone can rescore the run without the model."""
+        ...

@@ -5,6 +5,7 @@ Data loading and the metric functions live in ``glue_data.py``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from transformers import DataCollatorWithPadding
 
+from lorafa_repro.results import write_jsonl_atomic
 from lorafa_repro.tasks.glue_data import GLUE_TASKS, GlueExample, glue_metrics, load_glue_split, mnli_metrics
 
 
@@ -62,12 +64,13 @@ class GlueTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, tokenizer: Any, *, batch_size: int, device: torch.device,
-                 autocast: Callable[[], Any]) -> dict[str, float]:
+                 autocast: Callable[[], Any], predictions_path: Path | None = None) -> dict[str, Any]:
         collate = self.collate_fn(tokenizer)
         was_training = model.training
         model.eval()
         per_split: dict[str, dict[str, float]] = {}
         losses = []
+        records: list[dict[str, Any]] = []
         for split, data in self.eval_datasets(tokenizer).items():
             preds, labels = [], []
             for i in range(0, len(data), batch_size):
@@ -78,12 +81,16 @@ class GlueTask:
                 logits = out.logits.float()
                 preds.append(logits.squeeze(-1) if self.info.is_regression else logits.argmax(-1))
                 labels.append(batch["labels"])
-            per_split[split] = glue_metrics(self.cfg.name, torch.cat(preds).cpu().numpy(),
-                                            torch.cat(labels).cpu().numpy())
+            split_preds, split_labels = torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy()
+            per_split[split] = glue_metrics(self.cfg.name, split_preds, split_labels)
+            records.extend({"split": split, "id": i, "prediction": p.item(), "reference": r.item()}
+                           for i, (p, r) in enumerate(zip(split_preds, split_labels)))
         model.train(was_training)
         if self.cfg.name == "mnli":
             metrics = mnli_metrics(per_split["validation_matched"], per_split["validation_mismatched"])
         else:
             metrics = dict(per_split["validation"])
         metrics["eval_loss"] = float(np.mean(losses))
+        if predictions_path is not None:
+            write_jsonl_atomic(predictions_path, records)
         return metrics
