@@ -47,6 +47,10 @@ class TaskConfig:
     max_seq_len: int = 128
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+    # --- wmt16 family (tasks/wmt16.py) ---
+
+    # --- instruct family (tasks/instruct.py) ---
+
 
 
 @dataclass
@@ -115,7 +119,6 @@ def register_configs() -> None:
 
 
 ARCHS = ("encoder", "encoder_decoder", "decoder")
-TASK_ARCH = {"glue": "encoder", "wmt16": "encoder_decoder", "instruct": "decoder"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -128,7 +131,7 @@ def _positive(value: Any, key: str, example: str) -> None:
 def validate(cfg: DictConfig | TrainConfig) -> None:
     """Check values that OmegaConf's types cannot; cheap, touches no model weights."""
     from lorafa_repro.methods import METHODS
-    from lorafa_repro.tasks import check_task_data, known_tasks
+    from lorafa_repro.tasks import FAMILY_ARCHS, check_task_data, known_tasks
 
     c = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     _no_unknown_keys(c)
@@ -178,23 +181,23 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
                 f"{', '.join(shipped_config_names())}> or model.source=pretrained"
             )
 
-    _one_of(t.family, "task.family", tuple(TASK_ARCH))
+    _one_of(t.family, "task.family", tuple(FAMILY_ARCHS))
     if t.name not in known_tasks(t.family):
         raise ConfigError(
             f"unknown {t.family} task {t.name!r}. Fix: task={t.family}/<one of {', '.join(known_tasks(t.family))}>"
         )
-    need = TASK_ARCH[t.family]
-    if mo.arch != need:
+    archs = FAMILY_ARCHS[t.family]
+    if mo.arch not in archs:
         raise ConfigError(
-            f"task {t.family}/{t.name} needs an {need} model, but model {mo.name!r} is {mo.arch}. "
-            f"Fix: pick a model with arch={need} (e.g. {_example_model(need)})"
+            f"task {t.family}/{t.name} needs an {' or '.join(archs)} model, but model {mo.name!r} is {mo.arch}. "
+            f"Fix: pick a model with arch={archs[0]} (e.g. {_example_model(archs[0])})"
         )
     _positive(t.max_seq_len, "task.max_seq_len", "128")
     for key in ("max_train_samples", "max_eval_samples"):
         if t[key] is not None and t[key] <= 0:
             raise ConfigError(f"task.{key} must be > 0 or null, got {t[key]}. Fix: task.{key}=null")
     if t.data_dir is not None:
-        check_task_data(t.family, t.name, Path(t.data_dir))
+        check_task_data(t.family, t.name, Path(t.data_dir), t)
 
 
 def _no_unknown_keys(c: DictConfig) -> None:

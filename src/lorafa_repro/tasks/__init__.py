@@ -1,42 +1,55 @@
-"""Task registry: a task family (glue, ...) knows its task names, checks local data cheaply, and
-builds a :class:`~lorafa_repro.tasks.base.Task` (datasets, collation, evaluation)."""
+"""Task registry: a task family (glue, wmt16, instruct, ...) is one module under ``tasks/`` that knows its task
+names, checks local data cheaply, and builds a :class:`~lorafa_repro.tasks.base.Task` (datasets, collation,
+evaluation).
+
+A family module provides three names, and gets one line in :data:`FAMILIES`:
+  ``task_names() -> list[str]``; ``check_local_data(name, data_dir, task_cfg)`` raising DataNotFoundError;
+  ``build(task_cfg, seed) -> Task``.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from lorafa_repro.tasks.base import Task
 from lorafa_repro.tasks.glue_data import DataNotFoundError
 
+#: family -> module (imported on first use, so a family's heavy imports cost nothing to the others)
+FAMILIES: dict[str, str] = {
+    "glue": "lorafa_repro.tasks.glue",
+}
+
+#: the model architectures (ModelConfig.arch) each family trains
+FAMILY_ARCHS: dict[str, tuple[str, ...]] = {
+    "glue": ("encoder",),
+}
+
+
+def _family(family: str) -> ModuleType:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown task family {family!r}; known: {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[family])
+
 
 def known_tasks(family: str) -> list[str]:
-    if family == "glue":
-        from lorafa_repro.tasks.glue_data import GLUE_TASKS
-
-        return list(GLUE_TASKS)
-    return []
+    return list(_family(family).task_names()) if family in FAMILIES else []
 
 
-def check_task_data(family: str, name: str, data_dir: Path) -> None:
+def check_task_data(family: str, name: str, data_dir: Path, task_cfg: Any = None) -> None:
     """Raise a ConfigError naming the fix when a local data folder lacks what the task reads."""
     from lorafa_repro.schema import ConfigError
 
-    if family == "glue":
-        from lorafa_repro.tasks.glue_data import GLUE_TASKS, DataNotFoundError, check_local_glue
-
-        try:
-            check_local_glue(data_dir, name, ("train", *GLUE_TASKS[name].eval_splits))
-        except DataNotFoundError as e:
-            raise ConfigError(str(e)) from None
+    try:
+        _family(family).check_local_data(name, data_dir, task_cfg)
+    except DataNotFoundError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_task(task_cfg: Any, *, seed: int = 0) -> Task:
-    if task_cfg.family == "glue":
-        from lorafa_repro.tasks.glue import GlueTask
-
-        return GlueTask(task_cfg, seed=seed)
-    raise ValueError(f"unknown task family {task_cfg.family!r}")
+    return _family(task_cfg.family).build(task_cfg, seed=seed)
 
 
-__all__ = ["DataNotFoundError", "Task", "build_task", "check_task_data", "known_tasks"]
+__all__ = ["DataNotFoundError", "FAMILIES", "FAMILY_ARCHS", "Task", "build_task", "check_task_data", "known_tasks"]

@@ -10,7 +10,8 @@ from torch import nn
 
 
 class Task(Protocol):
-    #: classification | seq2seq | causal — picks the model head (models.build_model)
+    #: classification | seq2seq | causal — picks the model head (models.build_model); causal-LM tasks share
+    #: their prompt/response encoding in tasks/causal_lm.py
     kind: str
     #: number of labels for classification heads (1 = regression), else None
     num_labels: int | None

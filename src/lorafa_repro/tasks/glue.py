@@ -14,7 +14,20 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from lorafa_repro.results import write_jsonl_atomic
-from lorafa_repro.tasks.glue_data import GLUE_TASKS, GlueExample, glue_metrics, load_glue_split, mnli_metrics
+from lorafa_repro.tasks.glue_data import (GLUE_TASKS, GlueExample, check_local_glue, glue_metrics, load_glue_split,
+                                          mnli_metrics)
+
+
+def task_names() -> list[str]:
+    return list(GLUE_TASKS)
+
+
+def check_local_data(name: str, data_dir: Path, task_cfg: Any = None) -> None:
+    check_local_glue(data_dir, name, ("train", *GLUE_TASKS[name].eval_splits))
+
+
+def build(task_cfg: Any, *, seed: int = 0) -> "GlueTask":
+    return GlueTask(task_cfg, seed=seed)
 
 
 class GlueTask:
