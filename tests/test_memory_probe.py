@@ -74,9 +74,9 @@ def test_simulate_matches_real_cpu_allocations_with_gradient_checkpointing(model
     checkpointing lowers the peak. After backward the simulation may hold up to two hidden-state
     tensors per stack more than the real step (ModTracker keeps the first block's recomputed input,
     see simulate.py), never less."""
-    import lorafa_repro.memory.probe as P
+    import lorafa_repro.memory.step as step
 
-    monkeypatch.setattr(P, "enable_gradient_checkpointing", _ckpt_without_rng_state)
+    monkeypatch.setattr(step, "enable_gradient_checkpointing", _ckpt_without_rng_state)
     cfg = ProbeConfig(model=model, method=method, gradient_checkpointing=True, **TINY)
     sim, real = probe(cfg, "simulate"), probe(cfg, "cpu")
     assert sim["peak_bytes"] == pytest.approx(real["peak_bytes"], rel=1e-3)
@@ -133,7 +133,7 @@ class ToyStack(nn.Module):
 
 
 def _warm_adamw(model: nn.Module) -> torch.optim.Optimizer:
-    from lorafa_repro.memory.probe import warm_up
+    from lorafa_repro.memory.step import warm_up
 
     return warm_up(torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True))
 

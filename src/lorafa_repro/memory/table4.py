@@ -78,7 +78,7 @@ def code_fingerprint() -> str:
 
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "methods").glob("*.py"))
-    files += [root / "memory" / f"{n}.py" for n in ("probe", "simulate", "analytic")]
+    files += [root / "memory" / f"{n}.py" for n in ("probe", "step", "semantics", "cuda", "cpu", "simulate", "analytic")]
     h = hashlib.sha1()
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
