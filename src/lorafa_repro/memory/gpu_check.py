@@ -18,7 +18,6 @@ vs simulated, into ``--probes``/gradient_checkpointing.json; (4) the verdict, on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
