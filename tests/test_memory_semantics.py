@@ -121,3 +121,30 @@ def test_4bit_methods_keep_t5_wo_in_fp32(method: str) -> None:
     numels = quantized_weight_numels(cfg)
     assert len(numels) == len(nf4_targets(base)) == sum(
         isinstance(m, bnb.nn.Linear4bit) for m in net.modules())
+
+
+def test_sdpa_with_dropout_saves_what_cudas_fused_kernel_saves() -> None:
+    """SDPA with dropout: CUDA's fused kernel keeps q, k, v, the output and the fp32 logsumexp (dropout is
+    regenerated in-kernel); the CPU's math path keeps the b*h*s*s probabilities, their noise and more."""
+    import torch.nn.functional as F
+
+    b, h, s, d = 2, 4, 64, 16
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(d, 3 * d, bias=False)
+
+        def forward(self, x: torch.Tensor) -> SimpleNamespace:
+            q, k, v = self.qkv(x).view(b, s, 3, 1, d).expand(b, s, 3, h, d).unbind(2)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 dropout_p=0.1)
+            return SimpleNamespace(loss=out.sum())
+
+    counts = {}
+    for sem in ("cuda", "cpu"):
+        with device_semantics(sem):
+            counts[sem] = measure_saved_bytes(Attn(), torch.randn(b, s, d)).activation_bytes
+    qkv_out = 4 * (b * s * 3 * d)  # the qkv projection's output: q, k and v are views of it
+    assert counts["cuda"] == qkv_out + 4 * b * h * s * d + 4 * b * h * s  # + attention output + logsumexp
+    assert counts["cpu"] > counts["cuda"] + 4 * b * h * s * s  # at least the probabilities on top
