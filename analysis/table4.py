@@ -160,6 +160,17 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
                "Simulated = one training step on fake tensors (PyTorch FakeTensorMode + MemTracker), counting "
                "bytes held by tensors, i.e. what torch.cuda.max_memory_allocated reports (no allocator cache, "
                "fragmentation or CUDA context; the paper's tool is not stated and may include them).")
+    semantics = sorted({str(c["config"].get("semantics", "cpu")) for c in cells
+                        if c["memory"].get("backend") == "simulate"})
+    if semantics == ["cuda"]:
+        out.append("Saved tensors: CUDA's (memory/semantics.py lists every op of the step, what CUDA and the CPU "
+                   "save, and how it was checked): dropout keeps a 1-byte bool mask, as CUDA's fused "
+                   "native_dropout does, not the CPU path's 4-byte noise tensor; the other ops save the same on "
+                   "both. Until issue #12 the simulator kept the CPU's noise, which put the rows with the models' "
+                   "dropout 0.1 (RoBERTa, T5) 11-28% higher (e.g. RoBERTa-base FT 8.30, LoRA-FA 5.50 GiB; "
+                   "LoRA/LoRA-FA 1.35x).")
+    elif semantics:
+        out.append(f"Saved tensors: simulated with {', '.join(semantics)} semantics (memory/semantics.py).")
     out.append("Units: ours and analytic in GiB (2^30 bytes); the paper prints \"GB\" without saying which.")
     out.append("Breakdown at the peak: activations = every tensor made in forward and still alive (saved for "
                "backward, or a forward transient when the peak is in forward); temps = tensors made in backward "
@@ -227,7 +238,10 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
                    "their bytes replaced by NF4 with double quantization (0.5 byte/weight + 1 byte per 64 "
                    "weights + 4 bytes per 16384 + ~1.1 KiB of code books per weight, bitsandbytes 0.50's "
                    "layout) and one dequantized weight added to the forward/backward temporaries; "
-                   "compute dtype fp32 like the other rows (QLoRA's own recipe uses bf16).")
+                   "compute dtype fp32 like the other rows (QLoRA's own recipe uses bf16). T5's FFN output "
+                   "projection wo stays unquantized in fp32 (with its adapter), as transformers' 4-bit loading "
+                   "keeps T5's _keep_in_fp32_modules: T5 casts wo's input to wo's dtype, which a 4-bit (uint8) "
+                   "weight cannot take (methods/quantize.py).")
     out.append("Analytic = the paper's formula terms over the real layer shapes and dtypes: weights, gradients, "
                "AdamW states, the inputs (X) and XA kept by the block linears (with checkpointing: every block's "
                "input plus one recomputed block's X / XA), plus one layer's backward gradients; attention "
@@ -244,7 +258,7 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
     shas = sorted({(c['env'].get('git_sha') or 'uncommitted') + (' (dirty)' if c['env'].get('git_dirty') else '')
                    for c in cells})
     prints = sorted({str(c["config"].get("code")) for c in cells})
-    out.append(f"Code: git {', '.join(shas)}; code fingerprint (methods/*.py + probe backends) {', '.join(prints)}.")
+    out.append(f"Code: git {', '.join(shas)}; code fingerprint (methods/*.py + memory step and backends) {', '.join(prints)}.")
     return out
 
 

@@ -31,26 +31,41 @@ TINY = dict(rank=4, batch_size=8, seq_len=32, target_len=16)
 
 # ---- simulate == real CPU allocations ----------------------------------------------------------
 
-@pytest.mark.parametrize("model,method,dtype", [
-    ("tiny-roberta", "ft", "fp32"),
-    ("tiny-roberta", "lora", "fp32"),
-    ("tiny-roberta", "lora_fa", "fp32"),
-    ("tiny-roberta", "lora", "mixed"),
-    ("tiny-t5", "lora", "fp32"),
-    ("tiny-t5", "lora_fa", "fp32"),
-    ("tiny-llama", "ft", "fp32"),
-    ("tiny-llama", "lora_fa", "fp32"),
+@pytest.mark.parametrize("model,method,dtype,semantics", [
+    ("tiny-roberta", "ft", "fp32", "cuda"),
+    ("tiny-roberta", "lora", "fp32", "cuda"),
+    ("tiny-roberta", "lora_fa", "fp32", "cuda"),
+    ("tiny-roberta", "lora", "mixed", "cuda"),
+    ("tiny-t5", "lora", "fp32", "cuda"),
+    ("tiny-t5", "lora_fa", "fp32", "cuda"),
+    ("tiny-llama", "ft", "fp32", "cuda"),
+    ("tiny-llama", "lora_fa", "fp32", "cuda"),
+    ("tiny-roberta", "lora_fa", "fp32", "cpu"),
+    ("tiny-t5", "lora", "fp32", "cpu"),
 ])
-def test_simulate_matches_real_cpu_allocations(model: str, method: str, dtype: str) -> None:
+def test_simulate_matches_real_cpu_allocations(model: str, method: str, dtype: str, semantics: str) -> None:
     """The fake-tensor step and the same step on real CPU tensors (bytes from the CPU allocator's own
-    events) agree on the peak and on the bytes held at every phase boundary (within 0.1%)."""
-    cfg = ProbeConfig(model=model, method=method, dtype=dtype, **TINY)
+    events) agree on the peak and on the bytes held at every phase boundary (within 0.1%), under CUDA's
+    saved-tensor semantics (dropout as ``native_dropout``, which has a CPU kernel) and the CPU's."""
+    cfg = ProbeConfig(model=model, method=method, dtype=dtype, semantics=semantics, **TINY)
     sim, real = probe(cfg, "simulate"), probe(cfg, "cpu")
     assert sim["peak_bytes"] == pytest.approx(real["peak_bytes"], rel=1e-3)
     assert sim["peak_phase"] == real["peak_phase"]
     for b in BOUNDARIES:
         assert sim["phases"][b]["allocated"] == pytest.approx(real["phases"][b]["allocated"], rel=1e-3), b
     assert sim["params"] == real["params"]
+
+
+def test_cuda_semantics_keep_less_than_cpu_semantics() -> None:
+    """tiny-roberta has dropout 0.1: CUDA's 1-byte masks instead of 4-byte noise lower the forward's
+    activations by 3 bytes per dropped element (attention probabilities and hidden states)."""
+    acts = {s: probe(ProbeConfig(model="tiny-roberta", method="lora_fa", semantics=s, **TINY), "simulate")
+            ["phase_breakdown"]["after_forward"]["activations"] for s in ("cuda", "cpu")}
+    b, s_, h, heads, blocks = TINY["batch_size"], TINY["seq_len"], 32, 2, 2  # tiny-roberta: hidden 32, 2 heads
+    # per block: attention-probability dropout (b*heads*s*s), two hidden-state dropouts (b*s*h); the trained
+    # classification head drops its input twice (b*h each); the frozen embeddings' dropout keeps nothing
+    dropped = blocks * (b * heads * s_ * s_ + 2 * b * s_ * h) + 2 * b * h
+    assert acts["cpu"] - acts["cuda"] == 3 * dropped
 
 
 def _ckpt_without_rng_state(model: nn.Module) -> nn.Module:
@@ -74,9 +89,9 @@ def test_simulate_matches_real_cpu_allocations_with_gradient_checkpointing(model
     checkpointing lowers the peak. After backward the simulation may hold up to two hidden-state
     tensors per stack more than the real step (ModTracker keeps the first block's recomputed input,
     see simulate.py), never less."""
-    import lorafa_repro.memory.probe as P
+    import lorafa_repro.memory.step as step
 
-    monkeypatch.setattr(P, "enable_gradient_checkpointing", _ckpt_without_rng_state)
+    monkeypatch.setattr(step, "enable_gradient_checkpointing", _ckpt_without_rng_state)
     cfg = ProbeConfig(model=model, method=method, gradient_checkpointing=True, **TINY)
     sim, real = probe(cfg, "simulate"), probe(cfg, "cpu")
     assert sim["peak_bytes"] == pytest.approx(real["peak_bytes"], rel=1e-3)
@@ -133,7 +148,7 @@ class ToyStack(nn.Module):
 
 
 def _warm_adamw(model: nn.Module) -> torch.optim.Optimizer:
-    from lorafa_repro.memory.probe import warm_up
+    from lorafa_repro.memory.step import warm_up
 
     return warm_up(torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True))
 
@@ -207,10 +222,12 @@ def test_nf4_bytes_close_to_half_a_byte() -> None:
     assert S.nf4_bytes(n) == 8388608 + 262144 + 4096 + 64 + 4 + 1024
 
 
-def test_qlora_simulation_matches_real_bitsandbytes_on_cpu() -> None:
+@pytest.mark.parametrize("model,method", [("tiny-llama", "qlora"), ("tiny-t5", "qlora_fa")])
+def test_qlora_simulation_matches_real_bitsandbytes_on_cpu(model: str, method: str) -> None:
     """Simulated with 16-bit stand-ins + the NF4 byte correction vs a real bitsandbytes NF4 step on CPU:
-    within 1% (the dequantized-weight temporary is modelled as one weight, the rest is exact)."""
-    cfg = ProbeConfig(model="tiny-llama", method="qlora", **TINY)
+    within 1% (the dequantized-weight temporary is modelled as one weight, the rest is exact). On T5 both
+    keep ``wo`` in fp32 (the weights at the step's start agree exactly)."""
+    cfg = ProbeConfig(model=model, method=method, **TINY)
     sim, real = probe(cfg, "simulate"), probe(cfg, "cpu")
     assert sim["peak_bytes"] == pytest.approx(real["peak_bytes"], rel=0.01)
     start = real["phases"]["step_start"]["allocated"]

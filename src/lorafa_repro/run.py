@@ -61,17 +61,19 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     log = MetricsLog(out / "metrics.jsonl")
     t0 = time.perf_counter()
     try:
-        model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels).to(device)
-        if cfg.trainer.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
         m = cfg.method
         spec = get_method(m.name)
+        model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels)
+        # a 4-bit method quantizes on the CPU and moves the NF4 weights: the device never holds the fp32 ones
+        model = model if spec.quantize_4bit else model.to(device)
+        if cfg.trainer.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         precision = result["memory"]["precision"]
         compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         target = m.target_modules if m.target_modules is not None else (list(cfg.model.default_target_modules) or None)
         model = apply_method(model, m.name, rank=m.rank, alpha=m.alpha, dropout=m.dropout, target_modules=target,
-                             compute_dtype=compute_dtype)
-        memory.mark("weights_loaded")
+                             compute_dtype=compute_dtype).to(device)
+        memory.end_loading()  # the loading peak apart from the training steps' peak
         result["params"] = count_parameters(model)
         result["method_description"] = spec.description
         outcome = train_loop(model, task, tokenizer, trainer=cfg.trainer, optim=cfg.optim, method=m,

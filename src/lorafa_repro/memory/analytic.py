@@ -4,7 +4,7 @@ The paper (GPT-like, mixed precision, n = 12 d^2 L weights, n_r = 18 d r L LoRA 
   weights + gradients + optimizer states + activations of the adapted linear layers:
   FT 2n + 14n + 14 b s d L, LoRA 2n + 16 n_r + 14 b s d L + 8 b s r L, LoRA-FA 2n + 8 n_r + 8 b s r L.
 Here every term is counted from the model itself instead of the GPT formula:
-  parameters        every parameter at its dtype (4-bit weights: NF4 bytes, see simulate.nf4_bytes)
+  parameters        every parameter at its dtype (4-bit weights: NF4 bytes, methods.quantize.nf4_bytes)
   gradients         every trainable parameter at its dtype
   optimizer_states  AdamW: 2 states per trainable parameter at its dtype (+ one 4-byte step counter)
   activations       for each block linear: its input X (b x s x d_in) if its weight W or its LoRA A
@@ -31,14 +31,19 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from lorafa_repro.memory.probe import (
+from lorafa_repro.memory.step import (
     GIB,
     ProbeConfig,
     apply_probe_method,
     build_base_model,
     compute_dtype,
+    fake_from_meta,
     make_batch,
+    param_counts,
+    quantized_weight_numels,
+    transformer_blocks,
 )
+from lorafa_repro.methods.quantize import nf4_bytes
 
 ANALYTIC_KEYS = ("parameters", "buffers", "gradients", "optimizer_states", "weight_copies", "activations",
                  "temporaries", "other")
@@ -128,8 +133,6 @@ def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dt
     """Bytes per term (module docstring) for a model with its method applied; ``inputs`` from
     :func:`linear_inputs` on the base model; ``quantized_numels``: weights stored as NF4;
     ``checkpoints``: with gradient checkpointing, block name -> bytes of its input (:func:`block_inputs`)."""
-    from lorafa_repro.memory.simulate import nf4_bytes
-
     seen: set[int] = set()
     params = grads = states = copies = 0
     for p in adapted.parameters():
@@ -174,7 +177,6 @@ def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dt
 
 def analytic(cfg: ProbeConfig) -> dict[str, Any]:
     """The analytic backend for a table cell."""
-    from lorafa_repro.memory.simulate import fake_from_meta, param_counts, quantized_weight_numels, transformer_blocks
     from lorafa_repro.methods import block_linears, get_method
 
     with torch.device("meta"):

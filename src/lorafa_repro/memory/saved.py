@@ -13,6 +13,9 @@ Kinds:
               shape as a parameter (or its transpose), different dtype
   activation  everything else: what the forward creates and keeps for backward
 
+Saved tensors follow the device that runs the forward: on CPU tensors the CPU's (dropout keeps a 4-byte noise
+tensor). Run inside ``memory.semantics.device_semantics("cuda")`` to count what a GPU keeps (a 1-byte mask).
+
 ``by_module`` attributes a storage to the innermost module running when it is first saved (forward
 pre/post hooks keep a stack of module names); ``"<outside>"`` is the loss computed after the model.
 

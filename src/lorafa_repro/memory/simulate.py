@@ -52,21 +52,49 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _MemRefType
 from torch.utils._pytree import tree_map_only
 
-from lorafa_repro.memory.probe import (
+#: the private parts of MemTracker this module relies on (torch 2.5 - 2.13)
+MEMTRACKER_API = ("_update_and_maybe_create_winfos", "_track", "_curr_mem_snap", "_mod_tracker",
+                  "_param_to_grad_hook_handles", "track_external")
+
+
+def memtracker_error(detail: str) -> str:
+    return (f"the simulate backend needs torch's private MemTracker API (torch.distributed._tools.mem_tracker: "
+            f"{', '.join(MEMTRACKER_API)}), which torch {torch.__version__} does not provide ({detail}). "
+            "Fix: use torch 2.5-2.13 for --backend simulate, or measure with --backend cuda / analytic")
+
+
+try:
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _MemRefType
+except ImportError as e:  # pragma: no cover - depends on the torch build
+    raise ImportError(memtracker_error(str(e))) from e
+
+
+def check_memtracker() -> None:
+    """Raise a clear RuntimeError if the installed MemTracker lacks a private member used here."""
+    tracker = MemTracker()
+    missing = [name for name in MEMTRACKER_API if not hasattr(tracker, name)]
+    if missing:
+        raise RuntimeError(memtracker_error(f"missing {', '.join(missing)}"))
+
+from lorafa_repro.memory.step import (
     BOUNDARIES,
     INTERVALS,
     ProbeConfig,
     apply_probe_method,
     build_base_model,
     compute_dtype,
+    fake_from_meta,
     make_batch,
     make_optimizer,
     model_depth,
+    param_counts,
+    quantized_weight_numels,
     train_step,
+    transformer_blocks,
 )
+from lorafa_repro.methods.quantize import nf4_bytes
 
 #: MemTracker categories -> our breakdown keys
 CATEGORY = {
@@ -86,25 +114,6 @@ EXTRAPOLATION_DEPTHS = (2, 3)
 EXTRAPOLATION_DEPTHS_CKPT = (3, 4)
 
 Snapshot = dict[str, int]  # breakdown key -> bytes, plus "total"
-
-
-def transformer_blocks(model: nn.Module) -> dict[str, tuple[str, int, int]]:
-    """Module name of every transformer block -> (stack name, index, stack length).
-
-    A stack is an ``nn.ModuleList`` whose children all have one class (``encoder.layer``,
-    ``model.layers``, T5's ``encoder.block``/``decoder.block``); stacks nested in a block are ignored.
-    """
-    out: dict[str, tuple[str, int, int]] = {}
-    stacks: list[str] = []
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
-            continue
-        if len({type(c) for c in mod}) != 1 or any(name.startswith(s + ".") for s in stacks):
-            continue
-        stacks.append(name)
-        for i, _ in enumerate(mod):
-            out[f"{name}.{i}"] = (name, i, len(mod))
-    return out
 
 
 def block_index(model: nn.Module) -> dict[str, tuple[str, int, int]]:
@@ -221,32 +230,18 @@ class StepMemTracker(MemTracker):
             self.region_peaks.setdefault((self.phase, "out:start"), dict(self.marks[boundary]))
 
 
-def fake_from_meta(model: nn.Module, mode: FakeTensorMode, device: str = "cpu") -> nn.Module:
-    """Replace every meta parameter/buffer by a fake tensor (same shape, dtype, requires_grad); shared
-    tensors (tied embeddings) stay shared."""
-    made: dict[int, torch.Tensor] = {}
-    with mode:
-        for mod in model.modules():
-            for store, is_param in ((mod._parameters, True), (mod._buffers, False)):
-                for name, t in list(store.items()):
-                    if t is None:
-                        continue
-                    if id(t) not in made:
-                        fake = torch.empty(t.shape, dtype=t.dtype, device=device)
-                        made[id(t)] = nn.Parameter(fake, requires_grad=t.requires_grad) if is_param else fake
-                    store[name] = made[id(t)]
-    return model
-
-
 def simulate_module(model: nn.Module, make_inputs: Callable[[], dict[str, torch.Tensor]],
                     make_optim: Callable[[nn.Module], torch.optim.Optimizer], *,
-                    autocast_dtype: torch.dtype | None = None, max_grad_norm: float | None = 1.0) -> dict[str, Any]:
+                    autocast_dtype: torch.dtype | None = None, max_grad_norm: float | None = 1.0,
+                    semantics: str = "cuda") -> dict[str, Any]:
     """One fake-tensor training step of any meta-device ``model`` (method already applied).
 
     ``make_inputs`` and ``make_optim`` run inside the fake mode (their tensors are fake);
-    ``make_optim`` must return the optimizer with its states already created. Returns the region
+    ``make_optim`` must return the optimizer with its states already created; ``semantics``: whose saved
+    tensors the ops keep (memory/semantics.py). Returns the region
     peaks and the phase marks (snapshots: breakdown key -> bytes, plus ``total``).
     """
+    check_memtracker()
     mode = FakeTensorMode()
     model.train()
     fake_from_meta(model, mode)
@@ -257,7 +252,7 @@ def simulate_module(model: nn.Module, make_inputs: Callable[[], dict[str, torch.
         tracker.track_step(model, optimizer, batch)
         with tracker:
             train_step(model, batch, optimizer, autocast_dtype=autocast_dtype, max_grad_norm=max_grad_norm,
-                       on_boundary=tracker.mark)
+                       on_boundary=tracker.mark, semantics=semantics)
     return {"regions": tracker.region_peaks, "marks": tracker.marks}
 
 
@@ -270,7 +265,7 @@ def simulate_once(cfg: ProbeConfig) -> dict[str, Any]:
     return simulate_module(model, lambda: make_batch(cfg, vocab, "cpu"),
                            lambda m: make_optimizer(m, cfg, foreach=True),
                            autocast_dtype=torch.bfloat16 if cfg.dtype == "mixed" else None,
-                           max_grad_norm=cfg.max_grad_norm)
+                           max_grad_norm=cfg.max_grad_norm, semantics=cfg.semantics)
 
 
 def _lerp(a: Snapshot, b: Snapshot, f: float) -> Snapshot:
@@ -284,27 +279,6 @@ def extrapolate(run_a: dict[str, Any], run_b: dict[str, Any], depth_a: int, dept
     regions = {k: _lerp(run_a["regions"][k], run_b["regions"][k], f) for k in common}
     marks = {k: _lerp(run_a["marks"][k], run_b["marks"][k], f) for k in run_a["marks"]}
     return {"regions": regions, "marks": marks}
-
-
-def nf4_bytes(numel: int, blocksize: int = 64, double_quant: bool = True) -> int:
-    """Bytes of one NF4 weight as bitsandbytes 0.50 stores it: packed 4-bit values (0.5 byte each), the
-    NF4 code (16 fp32) and one absmax per block of 64 - with double quantization a uint8 absmax, an fp32
-    absmax per 256 blocks, an fp32 offset and the weight's own copy of the 8-bit code book (256 fp32);
-    without, an fp32 absmax."""
-    blocks = math.ceil(numel / blocksize)
-    packed = math.ceil(numel / 2)
-    if not double_quant:
-        return packed + 4 * blocks + 4 * 16
-    return packed + blocks + 4 * math.ceil(blocks / 256) + 4 * 16 + 4 + 4 * 256
-
-
-def quantized_weight_numels(cfg: ProbeConfig) -> list[int]:
-    """Sizes of the weights a 4-bit method quantizes (every block linear), at the cell's depth."""
-    from lorafa_repro.methods import block_linears
-
-    with torch.device("meta"):
-        model = build_base_model(cfg)
-    return [model.get_submodule(n).weight.numel() for n in block_linears(model)]
 
 
 def correct_4bit(result: dict[str, Any], cfg: ProbeConfig) -> dict[str, Any]:
@@ -373,13 +347,3 @@ def simulate(cfg: ProbeConfig, *, extrapolate_depth: bool = True) -> dict[str, A
     if "nf4_correction" in res:
         out["nf4_correction"] = res["nf4_correction"]
     return out
-
-
-def param_counts(cfg: ProbeConfig) -> dict[str, int]:
-    """Trainable / total parameters of the cell (meta model; 4-bit weights counted as their logical size)."""
-    from lorafa_repro.models import count_parameters
-
-    with torch.device("meta"):
-        model = build_base_model(cfg)
-    model = apply_probe_method(model, cfg, simulate_4bit=True)
-    return count_parameters(model)

@@ -78,7 +78,8 @@ def code_fingerprint() -> str:
 
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "methods").glob("*.py"))
-    files += [root / "memory" / f"{n}.py" for n in ("probe", "simulate", "analytic")]
+    backends = ("probe", "step", "semantics", "cuda", "cpu", "simulate", "analytic")
+    files += [root / "memory" / f"{n}.py" for n in backends]
     h = hashlib.sha1()
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())

@@ -6,8 +6,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from lorafa_repro.methods.quantize import quantize_linears_4bit
-from lorafa_repro.methods.targets import block_linears
+from lorafa_repro.methods.quantize import quantize_base_4bit
 
 
 def lora_config(*, target_modules: list[str], rank: int, alpha: float, dropout: float,
@@ -30,13 +29,14 @@ def apply_qlora(model: nn.Module, *, target_modules: list[str], rank: int, alpha
                 **_: object) -> PeftModel:
     """QLoRA: every block linear quantized to NF4 with double quantization, then PEFT LoRA on top.
 
+    Except T5's ``wo`` (any ``_keep_in_fp32_modules``): left unquantized in fp32, as transformers' 4-bit loading
+    leaves it (``T5DenseActDense`` casts its input to ``wo.weight.dtype``, which cannot be a uint8 weight); it
+    still gets its LoRA adapter (``methods.quantize.nf4_targets``).
+
     PEFT's ``prepare_model_for_kbit_training`` is *not* called: it upcasts embeddings/norms to fp32 and
     turns on gradient checkpointing, which changes the memory being compared (PEFT #1149). Gradient
     checkpointing is a separate switch (trainer.gradient_checkpointing).
     """
-    quantize_linears_4bit(model, block_linears(model), compute_dtype)
-    # PEFT picks its 4-bit LoRA layer (whose merge dequantizes and requantizes W) only for models flagged as
-    # loaded in 4 bit, as from_pretrained(quantization_config=...) flags them.
-    model.is_loaded_in_4bit = True
+    quantize_base_4bit(model, compute_dtype)
     return apply_lora(model, target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout,
                       modules_to_save=modules_to_save)

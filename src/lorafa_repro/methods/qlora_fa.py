@@ -17,8 +17,7 @@ from peft.tuners.lora.bnb import Linear4bit as PeftLoraLinear4bit
 from torch import nn
 
 from lorafa_repro.methods.lora_fa import LORA_FA_CLASSES, _LoraFAForwardMixin, apply_lora_fa
-from lorafa_repro.methods.quantize import quantize_linears_4bit
-from lorafa_repro.methods.targets import block_linears
+from lorafa_repro.methods.quantize import quantize_base_4bit
 
 
 class QLoraFALinear4bit(_LoraFAForwardMixin, PeftLoraLinear4bit):
@@ -38,14 +37,12 @@ def apply_qlora_fa(model: nn.Module, *, target_modules: list[str], rank: int, al
     """Quantize every block linear (and each target) to NF4 + double quant, then apply :func:`apply_lora_fa`.
 
     Same quantized set as the suite's ``qlora`` (all linears of the transformer blocks, heads excluded), so
-    ``qlora`` and ``qlora_fa`` differ only in A being frozen and in the memory-optimal LoRA node.
+    ``qlora`` and ``qlora_fa`` differ only in A being frozen and in the memory-optimal LoRA node. T5's ``wo``
+    stays unquantized in fp32 (``methods.quantize.nf4_targets``, as for ``qlora``) with a plain LoRA-FA layer.
+    PEFT picks its 4-bit LoRA layer only for a model flagged as loaded in 4 bit (``quantize_base_4bit`` sets
+    the flag); otherwise it would wrap Linear4bit in a plain lora.Linear whose merge adds to the packed weight.
     """
-    to_quantize = list(dict.fromkeys([*block_linears(model), *target_modules]))
-    quantize_linears_4bit(model, to_quantize, compute_dtype)
-    # PEFT only picks its 4-bit LoRA layer (whose merge dequantizes and requantizes W) for models flagged
-    # as loaded in 4 bit, as from_pretrained(quantization_config=...) does; otherwise it wraps Linear4bit in
-    # a plain lora.Linear whose merge would add to the packed uint8 weight.
-    model.is_loaded_in_4bit = True
+    quantize_base_4bit(model, compute_dtype, extra=list(target_modules))
     return apply_lora_fa(model, target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout,
                          modules_to_save=modules_to_save)
 

@@ -1,6 +1,12 @@
-"""4-bit NF4 base weights (QLoRA's recipe: NF4 + double quantization, bitsandbytes)."""
+"""4-bit NF4 base weights (QLoRA's recipe: NF4 + double quantization, bitsandbytes).
+
+Which layers: every linear of the transformer blocks except the model's ``_keep_in_fp32_modules`` (T5's
+``wo``), which stay unquantized in fp32 as transformers' 4-bit loading leaves them (:func:`nf4_targets`).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -45,3 +51,48 @@ def is_4bit(module: nn.Module) -> bool:
     import bitsandbytes as bnb
 
     return isinstance(module, bnb.nn.Linear4bit)
+
+
+def kept_in_fp32(model: nn.Module) -> list[str]:
+    """Block linears a 4-bit load leaves unquantized in fp32: the model's ``_keep_in_fp32_modules`` (T5:
+    ``wo``), as transformers' bitsandbytes loading does (``from_pretrained(quantization_config=...)`` adds
+    them to the modules not converted). T5's ``T5DenseActDense`` casts its input to ``wo.weight.dtype``
+    unless that is int8, so a 4-bit (uint8) ``wo`` cannot run."""
+    from lorafa_repro.methods.targets import block_linears
+
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    return [n for n in block_linears(model) if any(n == k or n.endswith("." + k) for k in keep)]
+
+
+def nf4_targets(model: nn.Module) -> list[str]:
+    """Block linears a 4-bit method quantizes: every one except :func:`kept_in_fp32`."""
+    from lorafa_repro.methods.targets import block_linears
+
+    kept = set(kept_in_fp32(model))
+    return [n for n in block_linears(model) if n not in kept]
+
+
+def quantize_base_4bit(model: nn.Module, compute_dtype: torch.dtype, extra: list[str] | None = None) -> nn.Module:
+    """QLoRA's base model: :func:`nf4_targets` (+ ``extra`` names not kept in fp32) quantized to NF4 with
+    double quantization, :func:`kept_in_fp32` cast to fp32, and the model flagged as loaded in 4 bit (PEFT
+    then picks its 4-bit LoRA layer, whose merge dequantizes and requantizes W, as for a model from
+    ``from_pretrained(quantization_config=...)``)."""
+    kept = kept_in_fp32(model)
+    names = list(dict.fromkeys([*nf4_targets(model), *[n for n in (extra or []) if n not in kept]]))
+    quantize_linears_4bit(model, names, compute_dtype)
+    for name in kept:
+        model.get_submodule(name).float()
+    model.is_loaded_in_4bit = True
+    return model
+
+
+def nf4_bytes(numel: int, blocksize: int = 64, double_quant: bool = True) -> int:
+    """Bytes of one NF4 weight as bitsandbytes 0.50 stores it: packed 4-bit values (0.5 byte each), the
+    NF4 code (16 fp32) and one absmax per block of 64 - with double quantization a uint8 absmax, an fp32
+    absmax per 256 blocks, an fp32 offset and the weight's own copy of the 8-bit code book (256 fp32);
+    without, an fp32 absmax."""
+    blocks = math.ceil(numel / blocksize)
+    packed = math.ceil(numel / 2)
+    if not double_quant:
+        return packed + 4 * blocks + 4 * 16
+    return packed + blocks + 4 * math.ceil(blocks / 256) + 4 * 16 + 4 + 4 * 256

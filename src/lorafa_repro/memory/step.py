@@ -1,0 +1,328 @@
+"""The measured step: one training step of a table cell, shared by every memory backend.
+
+Everything a backend needs to build and run the step lives here, and nothing here knows about backends:
+  ProbeConfig          one cell (model, method, batch, dtype, semantics, ...)
+  build_base_model     the shipped architecture at any depth, on any device (``meta`` for a weightless model)
+  apply_probe_method   the method applied as the training runs apply it (4-bit: real NF4, or 16-bit stand-ins)
+  make_batch           random token ids shaped like one batch of the cell
+  make_optimizer       the method's optimizer in steady state (states allocated)
+  train_step           forward, backward, clipping, optimizer step, with a callback at each phase boundary
+  device_semantics     what autograd saves follows CUDA's kernels (default) or the CPU's (semantics.py)
+  fake_from_meta, transformer_blocks, quantized_weight_numels, param_counts: model helpers of the
+                       fake-tensor backends (simulate, analytic) and of the memory planner
+
+Backends (cuda.py, cpu.py, simulate.py, analytic.py) import this module and nothing else of memory/;
+probe.py imports the backends and only dispatches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lorafa_repro.memory.semantics import SEMANTICS, device_semantics
+from lorafa_repro.models import count_parameters, enable_gradient_checkpointing
+
+GIB = 2**30
+DTYPES = ("fp32", "bf16", "mixed")
+BACKENDS = ("auto", "cuda", "simulate", "analytic", "cpu")
+#: phase boundaries of one step, in order; the interval that ends at a boundary is named in INTERVALS
+BOUNDARIES = ("step_start", "after_forward", "after_backward", "after_optimizer_step")
+INTERVALS = {"after_forward": "forward", "after_backward": "backward", "after_optimizer_step": "optimizer"}
+#: model_type -> architecture family (picks the model head and the batch layout)
+ARCH_OF_TYPE = {"roberta": "encoder", "bert": "encoder", "t5": "encoder_decoder", "llama": "decoder"}
+#: config keys holding the number of transformer blocks
+DEPTH_KEYS = ("num_hidden_layers", "num_layers", "num_decoder_layers")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """One table cell: which model, method and step to measure.
+
+    ``seq_len``: tokens per example for encoders, source tokens for T5 and LLaMA. ``target_len``:
+    T5 target tokens (``None`` = ``seq_len``); for LLaMA the response tokens appended to the source
+    (``None`` = 0), so a causal-LM example has ``seq_len + target_len`` tokens.
+    ``dtype``: fp32 (weights and compute), bf16 (weights, grads, optimizer states and compute in
+    bf16), mixed (fp32 weights + bf16 autocast, the suite's GPU default; the simulator's fake tensors
+    are CPU tensors, so it applies CPU autocast's op lists, which differ a little from CUDA's).
+    ``attn``: the attention implementation; ``eager`` is what 2023 transformers ran for all three
+    families (and the only one T5 has).
+    ``layers``: override the depth (used by the simulator's extrapolation); ``None`` = the real depth.
+    ``gradient_checkpointing``: activation recomputation per transformer block (transformers'
+    ``gradient_checkpointing_enable``, non-reentrant ``torch.utils.checkpoint``; the training runs'
+    ``trainer.gradient_checkpointing``): forward keeps only each block's input, backward recomputes one
+    block at a time. Off in Table 4 (the paper's LoRA-FA claim is "no recomputation").
+    """
+
+    model: str
+    method: str
+    rank: int | None = 8
+    alpha: float = 16.0
+    batch_size: int = 64
+    seq_len: int = 128
+    target_len: int | None = None
+    dtype: str = "fp32"
+    attn: str = "eager"
+    target_modules: tuple[str, ...] | None = None
+    lora_dropout: float = 0.0
+    num_labels: int = 2
+    layers: int | None = None
+    gradient_checkpointing: bool = False
+    semantics: str = "cuda"
+    max_grad_norm: float | None = 1.0
+    budget_gb: float = 40.0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} not in {DTYPES}")
+        if self.semantics not in SEMANTICS:
+            raise ValueError(f"semantics {self.semantics!r} not in {SEMANTICS}")
+        from lorafa_repro.methods import get_method
+
+        spec = get_method(self.method)
+        if spec.uses_adapters and (self.rank is None or self.rank <= 0):
+            raise ValueError(f"{self.method} needs a rank > 0")
+        if not spec.uses_adapters and self.rank is not None:
+            object.__setattr__(self, "rank", None)  # FT has no rank; keep cells comparable
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules) if self.target_modules else None
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, batch and step: shared by every backend that runs the step (cuda, simulate, cpu)
+# ----------------------------------------------------------------------------------------------
+
+def model_arch(model: str) -> str:
+    """encoder | encoder_decoder | decoder for a shipped architecture name."""
+    from lorafa_repro.models import shipped_config
+
+    cfg = shipped_config(model)
+    if cfg.model_type in ARCH_OF_TYPE:
+        return ARCH_OF_TYPE[cfg.model_type]
+    return "encoder_decoder" if getattr(cfg, "is_encoder_decoder", False) else "decoder"
+
+
+def model_depth(model: str) -> int:
+    """Number of transformer blocks per stack in a shipped config."""
+    from lorafa_repro.models import shipped_config
+
+    cfg = shipped_config(model)
+    return int(next(getattr(cfg, k) for k in DEPTH_KEYS if getattr(cfg, k, None)))
+
+
+def compute_dtype(dtype: str) -> torch.dtype:
+    """dtype of matmuls: bf16 for ``bf16`` and ``mixed``, else fp32."""
+    return torch.float32 if dtype == "fp32" else torch.bfloat16
+
+
+def simulated_method(method: str) -> str:
+    """The method whose graph a 4-bit method is simulated with: ``qlora`` -> ``lora``,
+    ``qlora_fa`` -> ``lora_fa`` (same adapters; the base weights are held at the compute dtype and their
+    bytes corrected to NF4 afterwards, see simulate.py)."""
+    from lorafa_repro.methods import METHODS, get_method
+
+    spec = get_method(method)
+    if not spec.quantize_4bit:
+        return method
+    sibling = method[1:] if method.startswith("q") else None
+    if sibling not in METHODS or METHODS[sibling].quantize_4bit:
+        raise ValueError(f"4-bit method {method!r} has no unquantized sibling to simulate with")
+    return sibling
+
+
+def build_base_model(cfg: ProbeConfig) -> nn.Module:
+    """The shipped architecture at ``cfg.layers`` depth, random init, on the current default device
+    (call inside ``torch.device("meta")`` for a weightless model)."""
+    from lorafa_repro.models import model_from_config, shipped_config
+
+    arch = model_arch(cfg.model)
+    overrides: dict[str, Any] = {}
+    if cfg.layers is not None:
+        base = shipped_config(cfg.model)
+        overrides.update({k: cfg.layers for k in DEPTH_KEYS if getattr(base, k, None)})
+    if arch == "encoder":
+        overrides["num_labels"] = cfg.num_labels
+    weight_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    model = model_from_config(shipped_config(cfg.model, **overrides), arch=arch,
+                              task_kind="classification" if arch == "encoder" else "lm", dtype=weight_dtype,
+                              attn_implementation=cfg.attn)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def apply_probe_method(model: nn.Module, cfg: ProbeConfig, *, simulate_4bit: bool) -> nn.Module:
+    """``methods.apply_method`` with the cell's settings. ``simulate_4bit``: a 4-bit method is applied
+    as its unquantized sibling, with the linears it quantizes (``methods.quantize.nf4_targets``) cast to the
+    compute dtype first (stand-ins for the NF4 weights; simulate.py corrects their bytes) and the ones a
+    4-bit load keeps in fp32 (T5's ``wo``) cast to fp32, as the real 4-bit method holds them."""
+    from lorafa_repro.methods import apply_method, get_method
+    from lorafa_repro.methods.quantize import kept_in_fp32, nf4_targets
+
+    method = cfg.method
+    if simulate_4bit and get_method(method).quantize_4bit:
+        method = simulated_method(method)
+        for name in nf4_targets(model):
+            model.get_submodule(name).to(compute_dtype(cfg.dtype))
+        for name in kept_in_fp32(model):
+            model.get_submodule(name).float()
+    targets = list(cfg.target_modules) if cfg.target_modules else None
+    return apply_method(model, method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
+                        target_modules=targets, compute_dtype=compute_dtype(cfg.dtype))
+
+
+def build_on_device(cfg: ProbeConfig, device: torch.device) -> nn.Module:
+    """The cell's model built on ``device`` with the real method applied (4-bit: real NF4), in train mode."""
+    with torch.device(device):
+        model = build_base_model(cfg)
+    model = apply_probe_method(model, cfg, simulate_4bit=False)
+    model.train()
+    return model
+
+
+def make_batch(cfg: ProbeConfig, vocab_size: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Random token ids shaped like one training batch of the cell.
+
+    Encoder inputs carry an attention mask with one padded position: real batches are padded, and
+    transformers skips building the attention mask when it is all ones, a data-dependent branch that
+    fake tensors cannot take - with one pad both the real and the simulated step build the mask.
+    """
+    b, s = cfg.batch_size, cfg.seq_len
+    arch = model_arch(cfg.model)
+    ids = torch.randint(5, vocab_size, (b, s), device=device)
+    mask = torch.ones(b, s, dtype=torch.long, device=device)
+    mask[0, -1] = 0
+    if arch == "encoder":
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.randint(0, cfg.num_labels, (b,), device=device)}
+    if arch == "encoder_decoder":
+        t = cfg.target_len if cfg.target_len is not None else s
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(5, vocab_size, (b, t), device=device)}
+    total = s + (cfg.target_len or 0)
+    ids = torch.randint(5, vocab_size, (b, total), device=device)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def make_optimizer(model: nn.Module, cfg: ProbeConfig, *, foreach: bool = True) -> torch.optim.Optimizer:
+    """The method's optimizer (``methods.build_optimizer``), in steady state: one ``step()`` on zero
+    gradients creates its states, so the measured step starts with them allocated, as every step of
+    a real run after the first does. ``foreach``: AdamW's multi-tensor path (the CUDA default)."""
+    from lorafa_repro.methods import build_optimizer
+
+    opt = build_optimizer(model, cfg.method, lr=1e-4, weight_decay=0.0, rank=cfg.rank, alpha=cfg.alpha)
+    for group in opt.param_groups:
+        if "foreach" in group:
+            group["foreach"] = foreach
+    return warm_up(opt)
+
+
+def warm_up(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Allocate the optimizer's states with one step on zero gradients (steady state of a real run)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt
+
+
+def train_step(model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, *,
+               autocast_dtype: torch.dtype | None, max_grad_norm: float | None,
+               on_boundary: Callable[[str], None], semantics: str = "cuda") -> None:
+    """One training step as the suite's trainer runs it, calling ``on_boundary`` at each of BOUNDARIES;
+    ``semantics``: whose saved tensors the step's ops keep (:func:`device_semantics`)."""
+    with device_semantics(semantics):
+        _train_step(model, batch, optimizer, autocast_dtype=autocast_dtype, max_grad_norm=max_grad_norm,
+                    on_boundary=on_boundary)
+
+
+def _train_step(model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, *,
+                autocast_dtype: torch.dtype | None, max_grad_norm: float | None,
+                on_boundary: Callable[[str], None]) -> None:
+    device_type = next(iter(batch.values())).device.type
+    autocast = (torch.autocast(device_type=device_type, dtype=autocast_dtype) if autocast_dtype
+                else contextlib.nullcontext())
+    on_boundary("step_start")
+    with autocast:
+        loss = model(**batch).loss
+    on_boundary("after_forward")
+    loss.backward()
+    del loss
+    on_boundary("after_backward")
+    if max_grad_norm:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    on_boundary("after_optimizer_step")
+
+
+def run_cell_step(model: nn.Module, cfg: ProbeConfig, batch: dict[str, torch.Tensor],
+                  optimizer: torch.optim.Optimizer, on_boundary: Callable[[str], None]) -> None:
+    """:func:`train_step` with the cell's autocast, clipping and semantics."""
+    train_step(model, batch, optimizer, autocast_dtype=torch.bfloat16 if cfg.dtype == "mixed" else None,
+               max_grad_norm=cfg.max_grad_norm, on_boundary=on_boundary, semantics=cfg.semantics)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model helpers of the fake-tensor backends (simulate, analytic) and the memory planner
+# ----------------------------------------------------------------------------------------------
+
+def fake_from_meta(model: nn.Module, mode: Any, device: str = "cpu") -> nn.Module:
+    """Replace every meta parameter/buffer by a fake tensor of ``mode`` (a ``FakeTensorMode``; same shape,
+    dtype, requires_grad); shared tensors (tied embeddings) stay shared."""
+    made: dict[int, torch.Tensor] = {}
+    with mode:
+        for mod in model.modules():
+            for store, is_param in ((mod._parameters, True), (mod._buffers, False)):
+                for name, t in list(store.items()):
+                    if t is None:
+                        continue
+                    if id(t) not in made:
+                        fake = torch.empty(t.shape, dtype=t.dtype, device=device)
+                        made[id(t)] = nn.Parameter(fake, requires_grad=t.requires_grad) if is_param else fake
+                    store[name] = made[id(t)]
+    return model
+
+
+def transformer_blocks(model: nn.Module) -> dict[str, tuple[str, int, int]]:
+    """Module name of every transformer block -> (stack name, index, stack length).
+
+    A stack is an ``nn.ModuleList`` whose children all have one class (``encoder.layer``,
+    ``model.layers``, T5's ``encoder.block``/``decoder.block``); stacks nested in a block are ignored.
+    """
+    out: dict[str, tuple[str, int, int]] = {}
+    stacks: list[str] = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+            continue
+        if len({type(c) for c in mod}) != 1 or any(name.startswith(s + ".") for s in stacks):
+            continue
+        stacks.append(name)
+        for i, _ in enumerate(mod):
+            out[f"{name}.{i}"] = (name, i, len(mod))
+    return out
+
+
+def quantized_weight_numels(cfg: ProbeConfig) -> list[int]:
+    """Sizes of the weights a 4-bit method quantizes, at the cell's depth (methods.quantize.nf4_targets)."""
+    from lorafa_repro.methods.quantize import nf4_targets
+
+    with torch.device("meta"):
+        model = build_base_model(cfg)
+    return [model.get_submodule(n).weight.numel() for n in nf4_targets(model)]
+
+
+def param_counts(cfg: ProbeConfig) -> dict[str, int]:
+    """Trainable / total parameters of the cell (meta model; 4-bit weights counted as their logical size)."""
+    with torch.device("meta"):
+        model = build_base_model(cfg)
+    model = apply_probe_method(model, cfg, simulate_4bit=True)
+    return count_parameters(model)
