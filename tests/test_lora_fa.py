@@ -22,7 +22,8 @@ from transformers import (
 from lorafa_repro.memory.saved import analytic_floor, measure_saved_bytes
 from lorafa_repro.methods.lora_fa import LoraFALinear, apply_lora_fa
 from lorafa_repro.methods.lora import lora_config
-from lorafa_repro.methods.lora_fa_function import LoraFASpec, RecipeDropout, keep_threshold, lora_fa_linear
+from lorafa_repro.methods.lora_fa_function import (LoraFASpec, RecipeDropout, dropout_keep_mask, keep_threshold,
+                                                    lora_fa_linear)
 from lorafa_repro.methods.targets import block_linears
 
 RANK, ALPHA = 4, 8
@@ -313,27 +314,39 @@ def test_bf16_autocast_single_linear_as_accurate_as_peft(dropout: float) -> None
 
 
 def test_bf16_autocast_tiny_llama_trains() -> None:
-    """Whole model under bf16 autocast: grads close to fp32 (bf16 noise grows with depth, hence loose)."""
-    _, fa = twins("llama", 0.1, dtype=torch.float32)
+    """Whole model under bf16 autocast: grads within a small factor of the error PEFT's A-frozen twin makes
+    under the same autocast (both vs the fp32 result)."""
+    ref, fa = twins("llama", 0.1, dtype=torch.float32)
     batch = make_batch("llama")
     exact = grads_of(fa, batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = grads_of(fa, batch)
     assert abs(got["loss"].item() - exact["loss"].item()) < 1e-2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        peft16 = grads_of(ref, batch)  # the PEFT A-frozen twin under the same autocast: bf16's own noise
     for name in exact:
         assert got[name].dtype == exact[name].dtype and torch.isfinite(got[name]).all()
-        assert rel(got[name], exact[name]) < 0.3, name
+        # measured: LoRA-FA's bf16 error is 1.2-2.2x PEFT's (it keeps X A in bf16); 30% was the old bound
+        assert rel(got[name], exact[name]) <= 2.5 * rel(peft16[name], exact[name]) + 1e-3, name
 
 
 def test_fp16_and_bf16_weights_run() -> None:
+    """16-bit weights: output, dX and dB agree with the PEFT A-frozen twin in the same dtype (within a
+    couple of that dtype's epsilon) and keep its dtypes."""
     for dtype in (torch.bfloat16, torch.float16):
         ref, fa = one_linear_twins(0.1, True, dtype=dtype)
-        x = torch.randn(2, 5, 24, dtype=dtype, requires_grad=True)
-        torch.manual_seed(0)
-        y = fa(x)
-        y.float().sum().backward()
-        assert y.dtype == dtype and x.grad.dtype == dtype
-        assert fa.base_model.model.lin.lora_B["default"].weight.grad is not None
+        res = {}
+        for name, model in (("ref", ref), ("fa", fa)):
+            x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(1)).to(dtype).requires_grad_(True)
+            torch.manual_seed(0)
+            y = model(x)
+            y.float().sum().backward()
+            res[name] = (y, x.grad, model.base_model.model.lin.lora_B["default"].weight.grad)
+        assert res["fa"][0].dtype == res["fa"][1].dtype == dtype  # output and dX in the weights' dtype
+        eps = torch.finfo(dtype).eps
+        for what, got, want, tol in zip(("y", "dX", "dB"), res["fa"], res["ref"], (eps, 2 * eps, eps)):
+            assert got is not None and got.dtype == want.dtype, what
+            assert rel(got.double(), want.double()) <= tol, (dtype, what)
 
 
 @pytest.mark.parametrize("kind", ["roberta", "llama", "t5"])
@@ -436,3 +449,22 @@ def test_qlora_fa_tiny_llama() -> None:
     for name, module in model.named_modules():  # each 4-bit adapted linear keeps XA only, never X
         if isinstance(module, QLoraFALinear4bit):
             assert report.activation_by_module.get(name, 0) == B * S * RANK * 4, name
+
+
+def test_dropout_scale_is_one_over_the_rounded_keep_probability() -> None:
+    """p = 0.1 rounds: q = round(0.9 * 2^16) / 2^16 = 58982 / 65536, so the scale is 65536 / 58982, not
+    1 / 0.9 (they differ by 7e-6 relative, which float64 sees)."""
+    threshold, scale = keep_threshold(0.1)
+    assert scale == 65536 / 58982 and threshold == -32768 + 58982
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 24, dtype=torch.float64, generator=g)
+    w = torch.zeros(16, 24, dtype=torch.float64)
+    a = torch.randn(RANK, 24, dtype=torch.float64, generator=g)
+    b = torch.randn(16, RANK, dtype=torch.float64, generator=g)
+    torch.manual_seed(3)
+    y = lora_fa_linear(x, w, None, a, b, LoraFASpec(scaling=1.0, dropout_p=0.1))
+    torch.manual_seed(3)
+    keep, _ = dropout_keep_mask(x.shape, 0.1, x.device)
+    want = (x * keep * (65536 / 58982)) @ a.t() @ b.t()
+    assert keep.double().mean().item() == pytest.approx(0.9, abs=0.01)
+    assert rel(y, want) <= 1e-12
