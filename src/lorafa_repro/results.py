@@ -48,6 +48,21 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return path
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` via a temp file in the same folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write one JSON object per line via a temp file + rename (see :func:`write_json_atomic`)."""
     path = Path(path)
@@ -238,6 +253,28 @@ def model_label(name: str, source: str | None) -> str:
     architecture trained from scratch (``model.source=shipped``), so such runs never stand in for the
     paper's pretrained rows."""
     return f"{name} (random init)" if source == "shipped" else name
+
+
+def read_results(root: str | Path, kind: str | None = None, status: str | Iterable[str] | None = None, *,
+                 pattern: str = "**/result.json", quiet: bool = False) -> list[dict[str, Any]]:
+    """Every valid result file under ``root`` matching ``pattern`` (of ``kind``, with ``status`` or one of
+    those statuses), each with its ``_path``; unreadable ones are listed on stderr (unless ``quiet``) and
+    skipped, never a crash."""
+    import sys
+
+    wanted = None if status is None else ({status} if isinstance(status, str) else set(status))
+    out, skipped = [], []
+    for p in sorted(Path(root).glob(pattern)):
+        d, why = try_read_result(p)
+        if d is None:
+            skipped.append((str(p), why))
+        elif (not kind or d["kind"] == kind) and (wanted is None or d["status"] in wanted):
+            out.append({**d, "_path": str(p)})
+    if skipped and not quiet:
+        print(f"skipped {len(skipped)} unreadable result file(s):", file=sys.stderr)
+        for path, why in skipped:
+            print(f"  {path}: {why}", file=sys.stderr)
+    return out
 
 
 def load_results(root: str | Path, kind: str | None = None, status: str | Iterable[str] | None = None, *,
