@@ -106,6 +106,7 @@ def test_seed_makes_runs_repeatable(synthetic_glue: Path, tmp_path: Path) -> Non
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
 
 
+@pytest.mark.slow  # tests/test_sweeps.py runs a (failing) multirun in the fast suite
 def test_cli_multirun_sweeps_methods(synthetic_glue: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "lorafa_repro.train", "-m", "model=tiny_roberta", "trainer=tiny",

@@ -95,15 +95,16 @@ def batch_order(n: int, batch_size: int, seed: int, *, start: int = 0, rank: int
     permutations, so the data order is a function of the seed and the batch index alone).
 
     With one process this is exactly ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
-    (whose sampler draws one permutation per epoch and one more it discards). With ``world`` ranks each
+    (each epoch's iterator draws a base seed, its sampler one permutation and one more it discards). With ``world`` ranks each
     global batch of ``batch_size * world`` examples is cut into equal rank slices; an epoch's last, partial
     global batch is dropped so the ranks stay in step."""
     g = torch.Generator().manual_seed(seed)
     global_bs = batch_size * world
     index = 0
-    while True:
+    while True:  # per epoch, as DataLoader draws: its iterator's base seed, then RandomSampler's permutation
+        torch.empty((), dtype=torch.int64).random_(generator=g)  # and one more permutation it drops
         perm = torch.randperm(n, generator=g).tolist()
-        torch.randperm(n, generator=g)  # RandomSampler draws (and drops) one more per epoch
+        torch.randperm(n, generator=g)
         stop = n if world == 1 else n - n % global_bs
         if stop == 0:
             raise ValueError(f"{n} training examples cannot fill one global batch of {global_bs}")
@@ -186,11 +187,13 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
         loop = resume["loop"]
         start, best, best_step = resume["step"], loop["best"], loop["best_step"]
         losses, tokens_total, train_s = list(loop["losses"]), loop["tokens"], loop["train_s"]
-        ckpt.set_rng_state(resume["rng"][rank] if isinstance(resume["rng"], list) else resume["rng"])
     order = batch_order(len(train_data), trainer.batch_size, seed, start=start * trainer.grad_accum,
                         rank=rank, world=world)
+    # own generator: the loader's base-seed draw must not touch the global RNG (dropout masks)
     batches = iter(DataLoader(train_data, batch_sampler=order, collate_fn=collate,  # type: ignore[arg-type]
-                              num_workers=trainer.num_workers))
+                              num_workers=trainer.num_workers, generator=torch.Generator()))
+    if resume is not None:  # after the loader's iterator took its base seed from the global RNG
+        ckpt.set_rng_state(resume["rng"][rank] if isinstance(resume["rng"], list) else resume["rng"])
 
     def save(step: int) -> Path | None:
         if out_dir is None:
