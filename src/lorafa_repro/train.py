@@ -38,11 +38,15 @@ def _in_multirun() -> bool:
 
 def _record_config_error(output_dir: str, cfg: DictConfig, error: str) -> None:
     """A multirun cell with a bad value leaves a failed result.json, so the sweep summary lists it."""
-    from lorafa_repro.results import new_result, write_json_atomic
+    from lorafa_repro.results import new_result, try_read_result, write_json_atomic
 
+    path = Path(output_dir) / "result.json"
+    stored, _ = try_read_result(path)
+    if stored is not None and stored.get("error") == f"ConfigError: {error}":
+        return  # recorded by an earlier pass of the same sweep
     result = new_result("train", OmegaConf.to_container(cfg, resolve=False))
     result["error"] = f"ConfigError: {error}"
-    write_json_atomic(Path(output_dir) / "result.json", result)
+    write_json_atomic(path, result)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -73,6 +77,10 @@ def main(cfg: DictConfig) -> float | None:
         reason = data["error"] if data else f"{type(e).__name__}: {e}"
         return _fail(status if status in EXIT_CODES else "failed",
                      f"lorafa-train: {status}: {reason} ({output_dir})", multirun)
+    if result["status"] != "success":  # a finished failure reused by skip_if_done
+        status = result["status"] if result["status"] in EXIT_CODES else "failed"
+        return _fail(status, f"lorafa-train: {result['status']} (stored, skip_if_done): {result['error']} "
+                             f"({output_dir})", multirun)
     print(f"result: {Path(output_dir) / 'result.json'}  status={result['status']}  "
           f"score={result['metrics']['final'].get('score')}")
     return result["metrics"]["final"].get("score")
