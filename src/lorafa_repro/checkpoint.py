@@ -18,7 +18,10 @@ CKPT_DIR = "checkpoints"
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    def full(p: torch.Tensor) -> torch.Tensor:  # an FSDP shard (DTensor) is gathered to the whole tensor
+        return p.full_tensor() if hasattr(p, "full_tensor") else p
+
+    return {n: full(p.detach()).cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
