@@ -79,3 +79,18 @@ def test_joblib_multirun_goes_on_after_a_failed_cell(synthetic_glue: Path, tmp_p
     assert proc.returncode == 1 and "1 of 2 cells did not succeed" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert sorted(read_result(p)["status"] for p in tmp_path.rglob("result.json")) == ["failed", "success"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS["optuna"], reason='pip install -e ".[scale]" for the Optuna sweeper')
+def test_optuna_sweep_runs_trials(synthetic_glue: Path, tmp_path: Path) -> None:
+    """The Optuna sweep file on the tiny model: 3 trials, each an ordinary run dir with a result.json."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorafa_repro.train", "--config-dir", str(REPO / "sweeps"), "--config-name",
+         "optuna_rank_lr_mrpc", "model=tiny_roberta", "trainer=tiny", "trainer.max_steps=2", "method=lora_fa",
+         f"task.data_dir={synthetic_glue}", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [read_result(p) for p in tmp_path.rglob("result.json")]
+    assert len(results) == 3 and all(r["status"] == "success" for r in results)
+    assert (tmp_path / "optimization_results.yaml").exists()
