@@ -223,3 +223,23 @@ def test_cli_bad_input_is_one_message_without_traceback(args: list[str], needle:
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0 and needle in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("case,needle", [("empty", "holds no usable row (empty)"),
+                                         ("columns", "lacks the column(s) ['label', 'sentence']"),
+                                         ("encoding", "is not UTF-8 text")])
+def test_malformed_local_data_is_one_config_error_before_the_model(case: str, needle: str, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    import lorafa_repro.run as run_mod
+    from lorafa_repro.tasks.glue_data import write_synthetic_glue
+
+    glue = write_synthetic_glue(tmp_path / "glue", tasks=["sst2"], n_train=16, n_dev=8)
+    train = glue / "SST-2" / "train.tsv"
+    train.write_bytes({"empty": b"", "columns": b"foo\tbar\nx\ty\n",
+                       "encoding": b"sentence\tlabel\ncaf\xe9 \xff\t1\n"}[case])
+    monkeypatch.setattr(run_mod, "build_model", lambda *a, **k: pytest.fail("model built before the data check"))
+    with pytest.raises(ConfigError) as err:
+        run_mod.run(compose_cfg(["model=tiny_roberta", "trainer=tiny", "task=glue/sst2", f"task.data_dir={glue}"]),
+                    tmp_path / "run")
+    assert needle in str(err.value) and str(train) in str(err.value) and "Fix: " in str(err.value)
+    assert not (tmp_path / "run" / "result.json").exists()

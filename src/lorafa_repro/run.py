@@ -141,10 +141,16 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     set_seed(cfg.seed)
     task = build_task(cfg.task, seed=cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
-    try:  # data before weights: a missing dataset fails fast, and nothing is written
+    try:  # data before weights: missing or unusable data fails fast, and nothing is written
         task.prepare(tokenizer)
     except DataNotFoundError as e:
         raise ConfigError(str(e)) from None
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
+        if cfg.task.data_dir is None:
+            raise
+        msg = str(e) if "Fix:" in str(e) else (f"cannot read the local data under {cfg.task.data_dir} "
+                                               f"({one_line(e)}). Fix: check task.data_dir and its files' format")
+        raise ConfigError(msg) from None
 
     memory = PeakMemory(device)
     memory.reset()
