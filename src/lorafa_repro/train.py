@@ -6,7 +6,8 @@ Examples:
 
 A run that fails prints one line (no traceback unless HYDRA_FULL_ERROR=1) and exits non-zero: 2 bad config,
 3 out of memory, 4 diverged, 5 interrupted, 1 any other failure. In a multirun a failed cell is recorded in
-its result.json and the sweep goes on; the sweep ends with a summary of the failed cells and exit code 1.
+its result.json and the sweep goes on (SIGTERM/SIGINT stop it after the checkpoint); the sweep ends with a
+summary of the failed cells and exit code 1.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def main(cfg: DictConfig) -> float | None:
 
 def _fail(kind: str, message: str, multirun: bool) -> None:
     print(message, file=sys.stderr)
-    if not multirun:  # in a multirun the sweep goes on; FailureSummary reports at the end
+    # in a multirun the sweep goes on (FailureSummary reports at the end), unless the user stopped it
+    if not multirun or kind == "interrupted":
         sys.exit(EXIT_CODES[kind])
     return None
 
