@@ -209,7 +209,7 @@ SLOW = pytest.mark.slow  # each of these imports torch + transformers in a subpr
 
 @pytest.mark.parametrize("args,needle", [
     (["model=zzz"], "model/zzz"),  # unknown option: Hydra's one message
-    (["trainer.max_steps=abc"], "trainer.max_steps"),  # wrong type: the schema
+    pytest.param(["trainer.max_steps=abc"], "trainer.max_steps", marks=SLOW),  # wrong type: the schema
     pytest.param(["method.target_modules=[zzz]"], "match no linear layer", marks=SLOW),
     pytest.param(["+trainer.nope=1"], "trainer.nope", marks=SLOW),
     pytest.param(["trainer.fault=boom@1"], "Fix: trainer.fault=", marks=SLOW),
