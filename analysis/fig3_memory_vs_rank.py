@@ -22,7 +22,6 @@ from the stored points alone.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass

@@ -6,7 +6,6 @@ faults.py); ``nan@99`` fires after the 4-step run has ended, i.e. a healthy cell
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
