@@ -73,3 +73,15 @@ cpu-demo-fig4:  ## Figure 4 at CPU scale: all-MiniLM-L6-v2, real SST-2, LoRA/LoR
 	  task.data_dir=$(REAL_GLUE_DIR)
 	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results results/cpu_demo/raw/fig4 --out results/cpu_demo \
 	  --model all-minilm-l6-v2 --task sst2
+
+# ---- sweeps that survive and scale (issue 11) ----
+.PHONY: collect test-faults test-scale
+
+collect:  ## one tidy CSV of every run under RUNS (default runs results/raw): make collect RUNS="runs results/raw" OUT=runs.csv
+	$(PYTHON) -m lorafa_repro.collect $(or $(RUNS),$(wildcard runs results/raw)) --out $(or $(OUT),runs.csv)
+
+test-faults:  ## fault-injection sweep (NaN, OOM, exception, bad override, SIGKILL, corrupt result; ~2 min) + its summary line
+	$(PYTHON) -m pytest -q -s tests/test_faults.py
+
+test-scale:  ## multi-process DDP/FSDP (2 gloo ranks on CPU) and the Hydra launcher/sweeper plugins (pip install -e ".[scale]")
+	$(PYTHON) -m pytest -q tests/test_distributed.py tests/test_scale.py

@@ -32,19 +32,13 @@ from typing import Callable
 import torch
 from peft import get_peft_model
 from torch import nn
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    RobertaConfig,
-    RobertaForSequenceClassification,
-    T5Config,
-    T5ForConditionalGeneration,
-)
+from transformers import LlamaForCausalLM, RobertaForSequenceClassification, T5ForConditionalGeneration
 
 from lorafa_repro.memory.saved import analytic_floor, measure_saved_bytes
 from lorafa_repro.methods.lora_fa import apply_lora_fa
 from lorafa_repro.methods.lora import lora_config
 from lorafa_repro.methods.targets import block_linears
+from lorafa_repro.models import shipped_config
 
 RANK, ALPHA, DROPOUT, SEQ = 8, 16, 0.1, 128
 MIB = 2.0**20
@@ -67,15 +61,14 @@ class Spec:
         return {"input_ids": ids, "labels": ids}
 
 
-SPECS = {
-    "roberta-base": Spec("roberta-base", lambda: RobertaForSequenceClassification(RobertaConfig(num_labels=2)),
-                         batch=8, heads=["classifier"]),
-    "t5-base": Spec("t5-base", lambda: T5ForConditionalGeneration(T5Config(
-        d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, decoder_start_token_id=0)),
-        batch=4, heads=None),
-    "llama-1024x8": Spec("llama-1024x8", lambda: LlamaForCausalLM(LlamaConfig(
-        hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-        num_key_value_heads=16, vocab_size=32000, max_position_embeddings=512)), batch=4, heads=None),
+SPECS = {  # the shipped architecture configs (src/lorafa_repro/model_configs); LLaMA cut to 8 layers of 1024
+    "roberta-base": Spec("roberta-base", lambda: RobertaForSequenceClassification(
+        shipped_config("roberta-base", num_labels=2)), batch=8, heads=["classifier"]),
+    "t5-base": Spec("t5-base", lambda: T5ForConditionalGeneration(shipped_config("t5-base", decoder_start_token_id=0)),
+                    batch=4, heads=None),
+    "llama-1024x8": Spec("llama-1024x8", lambda: LlamaForCausalLM(shipped_config(
+        "llama-7b", hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+        num_key_value_heads=16, max_position_embeddings=512)), batch=4, heads=None),
 }
 
 

@@ -44,10 +44,10 @@ def _runs(results: Path, model: str, tasks: list[str]):
     """Successful training runs of ``model`` on ``tasks`` (a DataFrame, one row per run)."""
     from lorafa_repro.results import load_results
 
-    df = load_results(results, kind="train")
+    df = load_results(results, kind="train", status="success")
     if df.empty:
         return df
-    return df[(df["status"] == "success") & (df["model_label"] == model) & df["config.task.name"].isin(tasks)]
+    return df[(df["model_label"] == model) & df["config.task.name"].isin(tasks)]
 
 
 Key = tuple[str, str, float]  # (task, method, learning rate): runs that differ only by seed share a curve

@@ -22,7 +22,6 @@ from the stored points alone.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -114,9 +113,10 @@ def compute_points(out: Path, backend: str, budget_gb: float, force: bool = Fals
 
 def load_points(out: Path) -> list[dict[str, Any]]:
     """Every stored point with a peak: model, method, rank, dtype, ckpt, gib, backend, device."""
+    from lorafa_repro.results import read_results
+
     points = []
-    for p in sorted((out / "fig3").glob("*.json")):
-        d = json.loads(p.read_text())
+    for d in read_results(out / "fig3", kind="memory_probe", status=("success", "oom"), pattern="*.json"):
         if "peak_bytes" in d["memory"]:
             c = d["config"]
             points.append({"model": c["model"], "method": c["method"], "rank": c["rank"], "dtype": c["dtype"],

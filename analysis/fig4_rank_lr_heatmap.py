@@ -30,11 +30,11 @@ def load_grid(results: Path, model: str, task: str) -> pd.DataFrame:
     """Columns method, rank, lr, score (median over seeds, percent), seeds."""
     from lorafa_repro.results import load_results
 
-    df = load_results(results, kind="train")
+    df = load_results(results, kind="train", status="success")
     cols = ["method", "rank", "lr", "score", "seeds"]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    df = df[(df["status"] == "success") & (df["model_label"] == model) & (df["config.task.name"] == task)
+    df = df[(df["model_label"] == model) & (df["config.task.name"] == task)
             & df["config.method.name"].isin(METHODS)]
     if df.empty:
         return pd.DataFrame(columns=cols)

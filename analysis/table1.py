@@ -27,10 +27,10 @@ TASKS = ("mrpc", "cola", "qnli", "rte", "sst2", "stsb", "mnli", "qqp")
 
 
 def ours(results: Path) -> pd.DataFrame:
-    df = load_results(results, kind="train")
+    df = load_results(results, kind="train", status="success")
     if df.empty:
         return pd.DataFrame(columns=["model", "method", "task", "lr", "rank", "score", "seeds", "trainable", "configs"])
-    df = df[(df["status"] == "success") & (df["config.task.family"] == "glue")]
+    df = df[df["config.task.family"] == "glue"]
     df = df.assign(model=df["model_label"], method=df["config.method.name"], task=df["config.task.name"],
                    lr=df["config.optim.lr"], rank=df["config.method.rank"], score=100 * df["metrics.final.score"])
     per_config = (df.groupby(["model", "method", "task", "lr", "rank"])

@@ -44,15 +44,11 @@ def load_paper(path: Path | None = None) -> pd.DataFrame:
 
 def load_cells(results_dir: Path) -> list[dict[str, Any]]:
     """Every cell's result.json under ``results_dir`` (checked against the result schema)."""
-    from lorafa_repro.results import validate_result
+    from lorafa_repro.results import read_results
 
-    cells = []
-    for p in sorted(Path(results_dir).glob("*/result.json")):
-        data = json.loads(p.read_text())
-        validate_result(data)
-        if data["kind"] == "memory_probe":
-            cells.append(data)
-    return cells
+    cells = read_results(results_dir, kind="memory_probe", status=("success", "oom", "failed"),
+                         pattern="*/result.json")
+    return [{k: v for k, v in c.items() if k != "_path"} for c in cells]
 
 
 def _gib(x: float | None) -> float | None:

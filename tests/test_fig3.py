@@ -46,8 +46,11 @@ def _store(out: Path, fig3: ModuleType, model: str, method: str, rank: int, gib:
     path = fig3.point_path(out, model, method, rank, dtype, ckpt)
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {"model": model, "method": method, "rank": rank, "dtype": dtype, "gradient_checkpointing": ckpt}
-    path.write_text(json.dumps({"config": config, "memory": {"peak_bytes": int(gib * GIB), "backend": "simulate",
-                                                             "device": "fake tensors"}}))
+    from lorafa_repro.results import new_result
+
+    result = {**new_result("memory_probe", config), "status": "success",
+              "memory": {"peak_bytes": int(gib * GIB), "backend": "simulate", "device": "fake tensors"}}
+    path.write_text(json.dumps(result))
 
 
 def test_renders_from_stored_points_without_recomputing(fig3: ModuleType, tmp_path: Path, monkeypatch) -> None:

@@ -339,3 +339,22 @@ def test_real_mrpc_rebuild_restores_missing_pair(shared_data: Path, tmp_path: Pa
     (tmp_path / "MRPC").mkdir()
     shutil.copy(shared_data / "glue" / "MRPC" / "train.tsv", tmp_path / "MRPC" / "train.tsv")
     assert len(load_glue_split("mrpc", "train", data_dir=tmp_path)) == 3667
+
+
+def test_stsb_pearson_and_spearman_on_data_where_they_differ() -> None:
+    # y = x^3 is monotone (Spearman 1) but not linear (Pearson < 1): a swapped pair of scipy calls fails here
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    m = glue_metrics("stsb", x, x**3)
+    assert m["spearmanr"] == pytest.approx(1.0)
+    xc, yc = x - x.mean(), x**3 - (x**3).mean()
+    assert m["pearson"] == pytest.approx(float((xc * yc).sum() / math.sqrt((xc**2).sum() * (yc**2).sum())))
+    assert m["pearson"] < 0.95 and m["score"] == m["pearson"]
+
+
+def test_label_equal_to_the_number_of_classes_is_skipped(tmp_path: Path) -> None:
+    """SST-2 has 2 classes: label 2 is out of range (a `<` -> `<=` slip would keep it as a third class)."""
+    (tmp_path / "SST-2").mkdir()
+    rows = ["sentence\tlabel", "good film\t1", "bad film\t0", "odd film\t2", "neg film\t-1"]
+    (tmp_path / "SST-2" / "dev.tsv").write_text("\n".join(rows) + "\n")
+    examples = load_glue_split("sst2", "validation", data_dir=tmp_path)
+    assert [(e.text_a, e.label) for e in examples] == [("good film", 1), ("bad film", 0)]

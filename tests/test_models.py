@@ -75,3 +75,28 @@ def test_real_pretrained_encoder_from_a_pip_package(tmp_path: Path, synthetic_gl
                  "model.default_target_modules=[query,key,value,dense]"]
     result = run(compose_cfg(overrides), tmp_path)
     assert result["status"] == "success" and result["params"]["total"] > 22_000_000
+
+
+def test_tiny_bert_runs_the_minilm_code_path(tmp_path: Path, synthetic_glue: Path) -> None:
+    """model=tiny_bert: BertForSequenceClassification (the architecture of the all-MiniLM-L6-v2 demos, pooler
+    included) trains with LoRA-FA by default, without the pip model: adapters on every block linear, the
+    pooler frozen, the loss going down."""
+    overrides = ["model=tiny_bert", "trainer=tiny", "trainer.max_steps=60", "trainer.log_every=1",
+                 "method=lora_fa", "method.rank=4", "optim.lr=3e-2", "optim.warmup_ratio=0",
+                 "task=glue/sst2", "task.max_train_samples=16", f"task.data_dir={synthetic_glue}"]
+    result = run(compose_cfg(overrides), tmp_path)
+    assert result["status"] == "success"
+    import json
+
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in x]
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
+    from lorafa_repro.methods import apply_method
+    from lorafa_repro.models import build_model
+
+    model = build_model(compose_cfg(overrides).model, task_kind="classification", num_labels=2)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    fa = apply_method(model, "lora_fa", rank=4, alpha=8, target_modules=["query", "key", "value", "dense"])
+    trainable = {n for n, p in fa.named_parameters() if p.requires_grad}
+    assert sum("lora_B" in n for n in trainable) == 2 * 6  # 2 blocks x (q, k, v, attn out, ffn in, ffn out)
+    assert not any("pooler" in n or "lora_A" in n for n in trainable)

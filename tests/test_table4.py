@@ -148,3 +148,19 @@ def test_render_states_recomputation(tmp_path) -> None:
     T.run_table(cells, tmp_path, "simulate")
     md = renderer().render(tmp_path)["md"].read_text()
     assert "tiny-roberta: batch 4, 16 tokens, fp32, eager attention, gradient checkpointing." in md
+
+
+def test_a_cell_computed_with_other_code_is_recomputed(tmp_path, monkeypatch) -> None:
+    cells = [ProbeConfig(model="tiny-roberta", method="lora_fa", **TINY)]
+    T.run_table(cells, tmp_path, "simulate")
+    stored = json.loads((tmp_path / T.cell_name(cells[0]) / "result.json").read_text())
+    assert stored["config"]["code"] == T.code_fingerprint()
+    assert T.is_current(tmp_path / T.cell_name(cells[0]) / "result.json", cells[0], "simulate")
+    recomputed: list[str] = []
+    real_run_cell = T.run_cell
+    monkeypatch.setattr(T, "run_cell", lambda cfg, *a, **k: (recomputed.append(T.cell_name(cfg)),
+                                                             real_run_cell(cfg, *a, **k))[1])
+    monkeypatch.setattr(T, "code_fingerprint", lambda: "edited-code")  # e.g. methods/lora_fa.py changed
+    T.run_table(cells, tmp_path, "simulate")
+    assert recomputed == [T.cell_name(cells[0])]
+    assert json.loads((tmp_path / T.cell_name(cells[0]) / "result.json").read_text())["config"]["code"] == "edited-code"

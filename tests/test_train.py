@@ -106,6 +106,7 @@ def test_seed_makes_runs_repeatable(synthetic_glue: Path, tmp_path: Path) -> Non
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
 
 
+@pytest.mark.slow  # tests/test_sweeps.py runs a (failing) multirun in the fast suite
 def test_cli_multirun_sweeps_methods(synthetic_glue: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "lorafa_repro.train", "-m", "model=tiny_roberta", "trainer=tiny",
@@ -187,3 +188,96 @@ def test_gradient_checkpointing_trains_identically(method: str, synthetic_glue: 
     assert len(checkpointed) >= 8 * 2  # both tiny blocks, every training step
     assert ckpt["config"]["trainer"]["gradient_checkpointing"] is True
     assert _losses(tmp_path / "ckpt") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-5, abs=1e-6)
+
+
+# ---- bugs a test must catch: MNLI split, loss / grad_accum, best-score direction ---------------------
+
+def _loop(cfg, tmp_path: Path, *, task=None, no_dropout: bool = True, optimizer_hook=None, monkeypatch=None):
+    """train_loop on the run's pieces, with the model's dropout off (so two batchings see the same function)."""
+    import torch
+
+    import lorafa_repro.trainer as trainer_mod
+    from lorafa_repro.memory.peak import PeakMemory
+    from lorafa_repro.methods import apply_method
+    from lorafa_repro.models import build_config, build_tokenizer, model_from_config
+    from lorafa_repro.results import MetricsLog
+    from lorafa_repro.tasks import build_task
+
+    torch.manual_seed(cfg.seed)
+    task = task or build_task(cfg.task, seed=cfg.seed)
+    tokenizer = build_tokenizer(cfg.model)
+    config = build_config(cfg.model, num_labels=task.num_labels)
+    if no_dropout:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    model = model_from_config(config, arch=cfg.model.arch, task_kind=task.kind)
+    model = apply_method(model, cfg.method.name, rank=cfg.method.rank, alpha=cfg.method.alpha)
+    if optimizer_hook is not None:
+        real = trainer_mod.build_optimizer
+        monkeypatch.setattr(trainer_mod, "build_optimizer", lambda m, *a, **k: optimizer_hook(m, real(m, *a, **k)))
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    try:
+        return trainer_mod.train_loop(model, task, tokenizer, trainer=cfg.trainer, optim=cfg.optim,
+                                      method=cfg.method, device=torch.device("cpu"),
+                                      memory=PeakMemory(torch.device("cpu")), log=log, seed=cfg.seed)
+    finally:
+        log.close()
+
+
+def test_grad_accum_gives_the_big_batch_gradient(synthetic_glue: Path, tmp_path: Path, monkeypatch) -> None:
+    """2 micro-batches of 4 = one batch of 8: same gradient (the loss is divided by grad_accum) and the same
+    logged loss. Without the division the gradient doubles."""
+    common = TINY + ["method=ft", f"task.data_dir={synthetic_glue}", "trainer.max_steps=1",
+                     "optim.max_grad_norm=null", "task.max_train_samples=32"]
+    grads: dict[str, list] = {}
+
+    def recorder(key):
+        def hook(model, opt):
+            opt.register_step_pre_hook(lambda *_: grads.__setitem__(
+                key, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+            return opt
+        return hook
+
+    big = _loop(compose_cfg(common + ["trainer.batch_size=8"]), tmp_path, optimizer_hook=recorder("big"),
+                monkeypatch=monkeypatch)
+    acc = _loop(compose_cfg(common + ["trainer.batch_size=4", "trainer.grad_accum=2"]), tmp_path,
+                optimizer_hook=recorder("acc"), monkeypatch=monkeypatch)
+    assert len(grads["big"]) == len(grads["acc"]) > 10
+    import torch
+
+    for g_big, g_acc in zip(grads["big"], grads["acc"]):
+        torch.testing.assert_close(g_acc, g_big, rtol=1e-4, atol=1e-6)
+    assert acc.losses == pytest.approx(big.losses, rel=1e-5)
+
+
+def test_best_score_keeps_the_highest(synthetic_glue: Path, tmp_path: Path) -> None:
+    from lorafa_repro.tasks.glue import GlueTask
+
+    scores = iter([0.5, 0.9, 0.7])
+
+    class Scripted(GlueTask):
+        def evaluate(self, *a, **k):
+            return {"score": next(scores), "accuracy": 0.0}
+
+    cfg = compose_cfg(TINY + ["method=lora", f"task.data_dir={synthetic_glue}", "trainer.max_steps=3",
+                              "trainer.eval_every=1"])
+    out = _loop(cfg, tmp_path, task=Scripted(cfg.task, seed=0))
+    assert (out.best_step, out.best["score"], out.final["score"]) == (2, 0.9, 0.7)
+
+
+def test_mnli_mismatched_score_comes_from_the_mismatched_split(synthetic_glue: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "glue"
+    shutil.copytree(synthetic_glue / "MNLI", data / "MNLI")
+    mismatched = data / "MNLI" / "dev_mismatched.tsv"
+    mismatched.write_text("\n".join(mismatched.read_text().splitlines()[:6]) + "\n")  # 5 rows vs 32 matched
+    cfg = compose_cfg(TINY + ["method=lora", "task=glue/mnli", f"task.data_dir={data}", "trainer.max_steps=2"])
+    final = run(cfg, tmp_path / "run")["metrics"]["final"]
+    rows = [json.loads(x) for x in (tmp_path / "run" / final["predictions_file"]).read_text().splitlines()]
+    acc = {}
+    for split in ("validation_matched", "validation_mismatched"):
+        hits = [r["prediction"] == r["reference"] for r in rows if r["split"] == split]
+        acc[split] = sum(hits) / len(hits)
+    assert sum(r["split"] == "validation_mismatched" for r in rows) == 5
+    assert final["accuracy_matched"] == pytest.approx(acc["validation_matched"])
+    assert final["accuracy_mismatched"] == pytest.approx(acc["validation_mismatched"])

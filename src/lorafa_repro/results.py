@@ -1,8 +1,9 @@
 """One ``result.json`` per run plus a per-step ``metrics.jsonl``; analysis reads only these files.
 
 ``result.json`` keys (schema_version 1):
-  schema_version, kind ("train" | "memory_probe"), status ("success" | "failed" | "oom"),
-  error (null or message), config (resolved), metrics {final, best, best_step, main_metric},
+  schema_version, kind ("train" | "memory_probe"),
+  status ("success" | "failed" | "oom" | "diverged" | "interrupted" | "running"),
+  error (null or a one-line reason; set for every status but success and running), config (resolved), metrics {final, best, best_step, main_metric},
   memory {...}, params {trainable, total}, timing {wall_s, train_s, steps, ...},
   env {git_sha, git_dirty, python, versions, device}, created_at.
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 SCHEMA_VERSION = 1
-STATUSES = ("success", "failed", "oom")
+# running: written when a run starts, so a run killed with SIGKILL never leaves a result that reads as success
+STATUSES = ("success", "failed", "oom", "diverged", "interrupted", "running")
 REQUIRED_KEYS = ("schema_version", "kind", "status", "config", "metrics", "memory", "params", "timing", "env")
 
 
@@ -46,6 +48,21 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return path
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` via a temp file in the same folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write one JSON object per line via a temp file + rename (see :func:`write_json_atomic`)."""
     path = Path(path)
@@ -63,19 +80,38 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path
 
 
 class MetricsLog:
-    """Appends one JSON line per logged step, flushed at once."""
+    """Appends one JSON line per logged step, flushed at once. ``keep_until_step``: a resumed run keeps
+    the rows up to its checkpoint's step (rewritten through temp + rename) and appends after them;
+    ``path=None`` logs nothing (the non-zero ranks of a distributed run)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None, keep_until_step: int | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._f = None
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "w")
+        if keep_until_step is not None and self.path.exists():
+            rows = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # the half line a kill can leave
+                    continue
+                if row.get("step", 0) <= keep_until_step:
+                    rows.append(row)
+            write_jsonl_atomic(self.path, rows)
+            self._f = open(self.path, "a")
+        else:
+            self._f = open(self.path, "w")
 
     def log(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, default=float) + "\n")
-        self._f.flush()
+        if self._f is not None:
+            self._f.write(json.dumps(row, default=float) + "\n")
+            self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
 
 def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
@@ -135,8 +171,8 @@ def validate_result(data: dict[str, Any]) -> None:
                 raise ValueError(f"params.{k} must be an int")
         if "backend" not in data["memory"]:
             raise ValueError("memory.backend missing")
-    if data["status"] != "success" and not data.get("error"):
-        raise ValueError("a failed/oom result must say why in 'error'")
+    if data["status"] not in ("success", "running") and not data.get("error"):
+        raise ValueError(f"a {data['status']} result must say why in 'error'")
 
 
 def read_result(path: str | Path) -> dict[str, Any]:
@@ -145,14 +181,67 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def is_done(run_dir: str | Path) -> bool:
-    p = Path(run_dir) / "result.json"
-    if not p.exists():
-        return False
+def try_read_result(path: str | Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(result, None)`` for a readable, schema-valid result.json, else ``(None, why)`` (missing, truncated,
+    not JSON, or not the schema): such a file counts as "not done" and analysis skips it."""
+    path = Path(path)
     try:
-        return json.loads(p.read_text()).get("status") == "success"
-    except json.JSONDecodeError:
+        return read_result(path), None
+    except FileNotFoundError:
+        return None, "missing"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not valid JSON ({type(e).__name__}: {e})"
+    except (ValueError, KeyError, TypeError) as e:
+        return None, f"does not follow the result schema ({e})"
+
+
+def fingerprint_files(files: Iterable[Path]) -> str:
+    """Short hash of the names and bytes of ``files``, in the given order (the code a stored number depends
+    on; Table 4's ``code_fingerprint`` and the training runs' ``config.code`` both use it)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """Keys (dotted) whose values differ between two configs, as ``{key: (old, new)}``; keys in ``ignore``
+    (or under an ignored prefix) do not count."""
+    a, b = flatten(old), flatten(new)
+    skip = tuple(ignore)
+
+    def ignored(k: str) -> bool:
+        return any(k == i or k.startswith(i + ".") for i in skip)
+
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not ignored(k) and a.get(k) != b.get(k)}
+
+
+def format_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}: {o!r} (stored) vs {n!r} (now)" for k, (o, n) in diff.items())
+
+
+def is_done(run_dir: str | Path, config: dict[str, Any] | None = None, *, ignore: Iterable[str] = ()) -> bool:
+    """True if ``run_dir/result.json`` is a valid, successful result of the same run: when ``config`` is
+    given, every key but those in ``ignore`` must match the stored config (a ``code`` key in it compares
+    the code fingerprint). A truncated or invalid file is "not done"."""
+    data, _ = try_read_result(Path(run_dir) / "result.json")
+    if data is None or data["status"] != "success":
         return False
+    return config is None or not config_diff(data["config"], config, ignore)
 
 
 def find_results(root: str | Path) -> Iterable[Path]:
@@ -166,21 +255,58 @@ def model_label(name: str, source: str | None) -> str:
     return f"{name} (random init)" if source == "shipped" else name
 
 
-def load_results(root: str | Path, kind: str | None = None):
+def read_results(root: str | Path, kind: str | None = None, status: str | Iterable[str] | None = None, *,
+                 pattern: str = "**/result.json", quiet: bool = False) -> list[dict[str, Any]]:
+    """Every valid result file under ``root`` matching ``pattern`` (of ``kind``, with ``status`` or one of
+    those statuses), each with its ``_path``; unreadable ones are listed on stderr (unless ``quiet``) and
+    skipped, never a crash."""
+    import sys
+
+    wanted = None if status is None else ({status} if isinstance(status, str) else set(status))
+    out, skipped = [], []
+    for p in sorted(Path(root).glob(pattern)):
+        d, why = try_read_result(p)
+        if d is None:
+            skipped.append((str(p), why))
+        elif (not kind or d["kind"] == kind) and (wanted is None or d["status"] in wanted):
+            out.append({**d, "_path": str(p)})
+    if skipped and not quiet:
+        print(f"skipped {len(skipped)} unreadable result file(s):", file=sys.stderr)
+        for path, why in skipped:
+            print(f"  {path}: {why}", file=sys.stderr)
+    return out
+
+
+def load_results(root: str | Path, kind: str | None = None, status: str | Iterable[str] | None = None, *,
+                 quiet: bool = False):
     """All result.json files under ``root`` as a flat pandas DataFrame (one row per run); training runs
-    also get ``model_label`` (:func:`model_label`)."""
+    also get ``model_label`` (:func:`model_label`). ``status`` keeps only runs with that status (or one of
+    those statuses). A truncated or invalid file is skipped and listed in ``df.attrs["skipped"]`` as
+    ``(path, why)`` (and on stderr unless ``quiet``), never a crash."""
+    import sys
+
     import pandas as pd
 
-    rows = []
+    wanted = None if status is None else ({status} if isinstance(status, str) else set(status))
+    rows, skipped = [], []
     for p in find_results(root):
-        d = read_result(p)
-        if kind and d["kind"] != kind:
+        d, why = try_read_result(p)
+        if d is None:
+            skipped.append((str(p), why))
             continue
-        row = {"path": str(p.parent), "status": d["status"], "kind": d["kind"]}
+        if (kind and d["kind"] != kind) or (wanted is not None and d["status"] not in wanted):
+            continue
+        row = {"path": str(p.parent), "status": d["status"], "kind": d["kind"], "error": d.get("error")}
         model = d["config"].get("model")
         if isinstance(model, dict) and "name" in model:
             row["model_label"] = model_label(model["name"], model.get("source"))
         row.update(pd.json_normalize({k: d[k] for k in ("config", "metrics", "memory", "params", "timing")},
                                      sep=".").iloc[0].to_dict())
         rows.append(row)
-    return pd.DataFrame(rows)
+    if skipped and not quiet:
+        print(f"skipped {len(skipped)} unreadable result file(s):", file=sys.stderr)
+        for path, why in skipped:
+            print(f"  {path}: {why}", file=sys.stderr)
+    df = pd.DataFrame(rows)
+    df.attrs["skipped"] = skipped
+    return df

@@ -1,4 +1,10 @@
-"""One training run, callable from Python and tests: ``run(cfg, output_dir) -> result dict``."""
+"""One training run, callable from Python and tests: ``run(cfg, output_dir) -> result dict``.
+
+A run directory holds ``result.json`` (status ``running`` from the start, so a killed run never reads as a
+success), ``metrics.jsonl``, ``predictions/`` and ``checkpoints/``. Rerunning into the same directory resumes
+from the newest checkpoint of the same config and code, and with ``skip_if_done`` reuses a finished result
+of the same config and code; a result or checkpoint of another config is replaced (``on_config_change=rerun``)
+or stops the run with the differing keys (``on_config_change=error``)."""
 
 from __future__ import annotations
 
@@ -11,13 +17,30 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lorafa_repro import checkpoint as ckpt
+from lorafa_repro import distributed as dist
 from lorafa_repro.memory.peak import PeakMemory
 from lorafa_repro.methods import apply_method, get_method
 from lorafa_repro.models import build_model, build_tokenizer, count_parameters, enable_gradient_checkpointing
-from lorafa_repro.results import MetricsLog, is_done, new_result, read_result, write_json_atomic
+from lorafa_repro.results import (
+    MetricsLog,
+    config_diff,
+    fingerprint_files,
+    format_diff,
+    new_result,
+    try_read_result,
+    write_json_atomic,
+)
 from lorafa_repro.schema import ConfigError, TrainConfig, validate
 from lorafa_repro.tasks import DataNotFoundError, build_task
-from lorafa_repro.trainer import resolve_device, resolve_precision, train_loop
+from lorafa_repro.trainer import Diverged, Interrupted, resolve_device, resolve_precision, train_loop
+
+#: Statuses a rerun with ``skip_if_done`` keeps (the same config and code would end the same way);
+#: ``interrupted``, ``running`` (killed) and unreadable results run again.
+FINAL_STATUSES = ("success", "failed", "oom", "diverged")
+#: Keys that do not change what a run computes: a stored result differing only in these is the same run.
+RUN_INVARIANT_KEYS = ("output_dir", "skip_if_done", "on_config_change", "trainer.progress", "trainer.num_workers",
+                      "trainer.checkpoint_every", "trainer.keep_checkpoints", "task.data_dir")
 
 
 def set_seed(seed: int) -> None:
@@ -26,8 +49,71 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def code_fingerprint() -> str:
+    """Hash of the code a training result depends on (methods, tasks, models, the loop, shipped configs)."""
+    root = Path(__file__).resolve().parent
+    files = [root / n for n in ("trainer.py", "models.py", "checkpoint.py", "distributed.py")]
+    for sub, pattern in (("methods", "*.py"), ("tasks", "*.py"), ("model_configs", "*.json")):
+        files += sorted((root / sub).glob(pattern))
+    return fingerprint_files(files)
+
+
 OOM_FIX = ("out of memory. Fix: lower trainer.batch_size (and raise trainer.grad_accum to keep the effective "
            "batch), set trainer.gradient_checkpointing=true, or use method=lora_fa / method=qlora")
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def check_target_modules(cfg: DictConfig) -> None:
+    """Resolve method.target_modules on a weightless (meta) copy of the model: a name that matches no
+    layer fails here, before any data or weights are loaded."""
+    from lorafa_repro.methods.targets import resolve_target_modules
+    from lorafa_repro.models import build_config, model_from_config
+
+    m = cfg.method
+    if not get_method(m.name).uses_adapters or m.target_modules is None:
+        return
+    task_kind = "classification" if cfg.task.family == "glue" else "generation"
+    try:
+        config = build_config(cfg.model, num_labels=2 if task_kind == "classification" else None)
+        with torch.device("meta"):
+            model = model_from_config(config, arch=cfg.model.arch, task_kind=task_kind)
+    except Exception:  # noqa: BLE001 - a model that cannot be built here fails later with its own message
+        return
+    try:
+        resolve_target_modules(model, list(m.target_modules))
+    except ValueError as e:
+        raise ConfigError(f"method.{e}. Fix: method.target_modules=null (all block linears) or names "
+                          f"from that list") from None
+
+
+def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[str, Any] | None,
+                                                                          dict[str, Any] | None]:
+    """``(stored result to reuse, checkpoint to resume)`` for ``out``; clears what belongs to another
+    config (``on_config_change=rerun``) or raises ConfigError naming the differences (``error``)."""
+    data, _ = try_read_result(out / "result.json")
+    latest = ckpt.latest_checkpoint(out)
+    state = ckpt.load_checkpoint(latest) if latest is not None else None
+    for what, stored in (("result", data), ("checkpoint", state)):
+        if stored is None:
+            continue
+        diff = config_diff(stored.get("config", {}), config, RUN_INVARIANT_KEYS)
+        if not diff:
+            continue
+        if cfg.on_config_change == "error":
+            raise ConfigError(f"{out} holds a {what} of another run: {format_diff(diff)}. Fix: pick another "
+                              f"output directory, or on_config_change=rerun to replace it")
+        if what == "result":
+            data = None
+        else:
+            ckpt.remove_checkpoints(out)
+            state = None
+    if data is not None and cfg.skip_if_done and data["status"] in FINAL_STATUSES:
+        return data, None
+    return None, state
 
 
 def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]:
@@ -35,30 +121,45 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
 
     Raises :class:`~lorafa_repro.schema.ConfigError` before any model is loaded or anything is written when a
     value is wrong or the data cannot be found (local folder or Hub). A run that fails later still writes
-    ``result.json`` with ``status`` ``failed``/``oom`` and the error, then re-raises.
+    ``result.json`` with ``status`` ``failed`` / ``oom`` / ``diverged`` / ``interrupted`` and a one-line
+    reason in ``error``, then re-raises.
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     validate(cfg)
+    check_target_modules(cfg)
     out = Path(output_dir)
-    if cfg.skip_if_done and is_done(out):
-        return read_result(out / "result.json")
+    config = {**OmegaConf.to_container(cfg, resolve=True), "code": code_fingerprint()}
+    reuse, resume = _previous(out, config, cfg)
+    if reuse is not None:
+        return reuse
 
+    device = resolve_device(cfg.trainer.device)
+    dist.init_from_env(device.type)
+    device = dist.local_device(device)
+    is_main = dist.rank_and_world()[0] == 0
     set_seed(cfg.seed)
     task = build_task(cfg.task, seed=cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
-    try:  # data before weights: a missing dataset fails fast, and nothing is written
+    try:  # data before weights: missing or unusable data fails fast, and nothing is written
         task.prepare(tokenizer)
     except DataNotFoundError as e:
         raise ConfigError(str(e)) from None
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
+        if cfg.task.data_dir is None:
+            raise
+        msg = str(e) if "Fix:" in str(e) else (f"cannot read the local data under {cfg.task.data_dir} "
+                                               f"({one_line(e)}). Fix: check task.data_dir and its files' format")
+        raise ConfigError(msg) from None
 
-    device = resolve_device(cfg.trainer.device)
     memory = PeakMemory(device)
     memory.reset()
-    result = new_result("train", OmegaConf.to_container(cfg, resolve=True))
+    result = new_result("train", config)
+    result["status"] = "running"
     result["memory"]["precision"] = resolve_precision(cfg.trainer.precision, device)
-    out.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(out / "metrics.jsonl")
+    if is_main:
+        write_json_atomic(out / "result.json", result)
+    log = MetricsLog(out / "metrics.jsonl" if is_main else None, keep_until_step=resume["step"] if resume else None)
     t0 = time.perf_counter()
     try:
         m = cfg.method
@@ -77,22 +178,40 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         result["params"] = count_parameters(model)
         result["method_description"] = spec.description
         outcome = train_loop(model, task, tokenizer, trainer=cfg.trainer, optim=cfg.optim, method=m,
-                             device=device, memory=memory, log=log, seed=cfg.seed, out_dir=out)
+                             device=device, memory=memory, log=log, seed=cfg.seed, out_dir=out if is_main else None,
+                             resume=resume, checkpoint_extra={"config": config})
         result["metrics"] = {"main_metric": task.main_metric, "final": outcome.final, "best": outcome.best,
                              "best_step": outcome.best_step, "first_loss": outcome.losses[0],
                              "last_loss": outcome.losses[-1]}
         result["timing"] = {"steps": outcome.steps, "train_s": outcome.train_s, "tokens": outcome.tokens,
-                            "tokens_per_s": outcome.tokens / max(outcome.train_s, 1e-9)}
+                            "tokens_per_s": outcome.tokens / max(outcome.train_s, 1e-9),
+                            "resumed_from_step": outcome.resumed_from}
         result["status"] = "success"
     except torch.cuda.OutOfMemoryError as e:
-        result["status"], result["error"] = "oom", f"{OOM_FIX} ({str(e).splitlines()[0]})"
+        result["status"], result["error"] = "oom", f"{OOM_FIX} ({one_line(e)})"
+        raise
+    except Diverged as e:
+        result["status"], result["error"] = "diverged", one_line(e)
+        result["metrics"]["diverged_step"] = e.step
+        raise
+    except (Interrupted, KeyboardInterrupt) as e:
+        result["status"], result["error"] = "interrupted", one_line(e) if str(e) else "KeyboardInterrupt"
+        if isinstance(e, Interrupted) and e.checkpoint is not None:
+            result["checkpoint"] = str(e.checkpoint)
         raise
     except BaseException as e:
-        result["status"], result["error"] = "failed", f"{type(e).__name__}: {e}"
+        result["status"], result["error"] = "failed", one_line(e)
         raise
     finally:
         log.close()
-        result["memory"].update(memory.summary())
+        ranks = dist.gather_object(memory.summary())
+        result["memory"].update(ranks[0])
+        if len(ranks) > 1:
+            result["memory"]["per_rank"] = ranks
+            key = "peak_allocated_bytes" if "peak_allocated_bytes" in ranks[0] else "peak_rss_bytes"
+            result["memory"][f"max_over_ranks_{key}"] = max(r[key] for r in ranks)
+            result["world_size"] = len(ranks)
         result["timing"]["wall_s"] = time.perf_counter() - t0
-        write_json_atomic(out / "result.json", result)
+        if is_main:
+            write_json_atomic(out / "result.json", result)
     return result

@@ -98,6 +98,16 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     progress: bool = True
     num_workers: int = 0
+    # Checkpoint (trainable weights, optimizer, scheduler, RNG, data position) every N steps and at the end;
+    # 0 = only on SIGTERM/SIGINT. A rerun into the same run directory resumes from the newest one.
+    checkpoint_every: int = 0
+    # How many of the newest checkpoints to keep.
+    keep_checkpoints: int = 2
+    # Under torchrun with WORLD_SIZE > 1: ddp (replicated model) | fsdp (sharded). Ignored in one process.
+    parallel: str = "ddp"
+    # Fault injection for testing sweeps: "<nan|oom|error|sigterm|kill>@<step>" (faults.py); null = none
+    # (the env var LORAFA_FAULT is read instead).
+    fault: Optional[str] = None
 
 
 @dataclass
@@ -110,8 +120,12 @@ class TrainConfig:
     seed: int = 0
     # Where result.json / metrics.jsonl go; null = Hydra's run directory.
     output_dir: Optional[str] = None
-    # Skip the run when output_dir already holds a successful result.json.
+    # Skip the run when output_dir already holds a finished result.json (success, failed, oom or diverged)
+    # of the same resolved config and code; interrupted, killed (running) or unreadable results rerun.
     skip_if_done: bool = False
+    # What a run does when output_dir holds a result or checkpoint of another config (or code):
+    # rerun (start afresh, overwriting it) | error (stop, naming the differing keys).
+    on_config_change: str = "rerun"
 
 
 def register_configs() -> None:
@@ -168,6 +182,19 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
         raise ConfigError("set trainer.max_steps > 0 or trainer.epochs > 0. Fix: trainer.max_steps=100")
     _one_of(tr.precision, "trainer.precision", PRECISIONS)
     _one_of(tr.device, "trainer.device", DEVICES)
+    _one_of(tr.parallel, "trainer.parallel", ("ddp", "fsdp"))
+    if tr.checkpoint_every < 0:
+        raise ConfigError(f"trainer.checkpoint_every must be >= 0, got {tr.checkpoint_every}. "
+                          f"Fix: trainer.checkpoint_every=100 (or 0 for signals only)")
+    _positive(tr.keep_checkpoints, "trainer.keep_checkpoints", "2")
+    if tr.fault is not None:
+        from lorafa_repro.faults import parse
+
+        try:
+            parse(tr.fault)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    _one_of(c.on_config_change, "on_config_change", ("rerun", "error"))
     _check_device(tr.device, tr.precision, spec.name)
 
     _one_of(mo.arch, "model.arch", ARCHS)

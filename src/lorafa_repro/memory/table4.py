@@ -74,16 +74,13 @@ def table_cells(models: list[str] | None = None, *, budget_gb: float = 40.0, dty
 def code_fingerprint() -> str:
     """Hash of the code a cell's number depends on (methods/*.py, the probe's backends): a cell computed
     with other code is recomputed, e.g. after methods/lora_fa.py changes."""
-    import hashlib
+    from lorafa_repro.results import fingerprint_files
 
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "methods").glob("*.py"))
     backends = ("probe", "step", "semantics", "cuda", "cpu", "simulate", "analytic")
     files += [root / "memory" / f"{n}.py" for n in backends]
-    h = hashlib.sha1()
-    for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:12]
+    return fingerprint_files(files)
 
 
 def cell_name(cfg: ProbeConfig) -> str:

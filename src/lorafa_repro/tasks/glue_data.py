@@ -151,6 +151,10 @@ class DataNotFoundError(FileNotFoundError):
     """GLUE data could not be found locally or loaded from the Hub; the message names the fix."""
 
 
+class MalformedDataError(ValueError):
+    """A local data file exists but cannot be used (not UTF-8, missing columns, no usable rows)."""
+
+
 def get_task_info(task: str) -> GlueTaskInfo:
     """Return the :class:`GlueTaskInfo` for ``task`` (``"mrpc"``; ``"MRPC"`` and ``"STS-B"`` work too).
 
@@ -298,7 +302,27 @@ def read_local_split(data_dir: str | Path, task: str, split: str) -> tuple[list[
         dev_ids = {(r[0].strip(), r[1].strip()) for r in _read_tsv(ids_file) if len(r) >= 2}
         return _parse_rows(info, _read_tsv(src),
                            keep=lambda f: (f["#1 ID"].strip(), f["#2 ID"].strip()) not in dev_ids)
-    return _parse_rows(info, _read_tsv(path))
+    return _checked_rows(info, path)
+
+
+def _checked_rows(info: GlueTaskInfo, path: Path) -> tuple[list[GlueExample], int]:
+    """``_parse_rows`` of one file, with a MalformedDataError naming the file and the fix when it is not UTF-8,
+    lacks the task's columns or holds no usable row."""
+    fix = f"Fix: use the original GLUE file ({info.dir_name}/{path.name}, UTF-8, tab-separated)"
+    try:
+        rows = _read_tsv(path)
+    except UnicodeDecodeError as e:
+        raise MalformedDataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}). {fix}") from None
+    fmt = _LOCAL_FORMATS[info.name]
+    if fmt.has_header and rows:
+        missing = [c for c in (fmt.label_col, *fmt.text_cols) if c is not None and c not in rows[0]]
+        if missing:
+            raise MalformedDataError(f"{path} lacks the column(s) {missing} (header: {rows[0][:8]}). {fix}")
+    examples, skipped = _parse_rows(info, rows)
+    if not examples:
+        raise MalformedDataError(f"{path} holds no usable row ({'empty' if not rows else f'{skipped} malformed'}). "
+                                 f"{fix}")
+    return examples, skipped
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""Checkpoints of one training run: the trainable weights only (a LoRA-FA checkpoint holds B and the head,
+not the frozen base), optimizer, scheduler, grad scaler, every RNG state, the data position and the loop's
+bookkeeping. Written through temp + rename under ``<run dir>/checkpoints/step_<N>.pt``; the last K are kept."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CKPT_DIR = "checkpoints"
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    def full(p: torch.Tensor) -> torch.Tensor:  # an FSDP shard (DTensor) is gathered to the whole tensor
+        return p.full_tensor() if hasattr(p, "full_tensor") else p
+
+    return {n: full(p.detach()).cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    want = {n for n, p in params.items() if p.requires_grad}
+    if set(state) != want:
+        raise ValueError(f"checkpoint holds other trainable weights than the model "
+                         f"(missing {sorted(want - set(state))[:3]}, extra {sorted(set(state) - want)[:3]})")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_paths(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    return sorted((Path(run_dir) / CKPT_DIR).glob("step_*.pt"))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    paths = checkpoint_paths(run_dir)
+    return paths[-1] if paths else None
+
+
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any], *, keep: int) -> Path:
+    """Write ``state`` (with ``state["step"]``) through temp + rename; delete all but the newest ``keep``."""
+    folder = Path(run_dir) / CKPT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{state['step']:08d}.pt"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for old in checkpoint_paths(run_dir)[: -max(keep, 1)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def remove_checkpoints(run_dir: str | Path) -> None:
+    for p in checkpoint_paths(run_dir):
+        p.unlink(missing_ok=True)
