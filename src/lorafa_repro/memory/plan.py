@@ -85,11 +85,6 @@ def find_max_batch(peak_of: Callable[[int], int], budget: int, cap: int = MAX_BA
             fits(min(cap, lo + step))
             lo, hi = bracket()
             step *= 2
-        step = 1
-        while hi is not None and lo + 1 < hi and lo < hi - step:  # widen downwards from a guess above
-            if fits(hi - step):
-                break
-            step *= 2
     lo, hi = bracket()
     while hi is not None and hi - lo > 1:  # bisection
         fits((lo + hi) // 2)

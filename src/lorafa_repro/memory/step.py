@@ -104,6 +104,11 @@ class ProbeConfig:
 # Model, batch and step: shared by every backend that runs the step (cuda, simulate, cpu)
 # ----------------------------------------------------------------------------------------------
 
+def _short(e: Exception, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 @lru_cache(maxsize=64)
 def _load_config(model: str) -> PretrainedConfig:
     from transformers import AutoConfig
@@ -126,7 +131,7 @@ def _load_config(model: str) -> PretrainedConfig:
         # a local directory with config.json, or a Hub id (AutoConfig fetches config.json only, no weights)
         return AutoConfig.from_pretrained(str(path) if path.exists() else model)
     except Exception as e:  # noqa: BLE001 - every failure is the same user error: no usable config
-        raise ConfigError(f"cannot read a transformers config from {model!r} ({type(e).__name__}: {e}). "
+        raise ConfigError(f"cannot read a transformers config from {model!r} ({type(e).__name__}: {_short(e)}). "
                           "Fix: pass a shipped name (" + ", ".join(shipped_config_names()) + "), a directory "
                           "holding config.json, a config.json path, a .gguf file, or a Hub id") from None
 
@@ -272,7 +277,7 @@ def build_base_model(cfg: ProbeConfig) -> nn.Module:
                                   dtype=weight_dtype, attn_implementation=cfg.attn)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a config it cannot build
         raise ConfigError(f"transformers cannot build {cfg.model!r} (model_type {hf.model_type!r}, family {arch}) "
-                          f"with attn_implementation={cfg.attn!r}: {type(e).__name__}: {e}. Fix: check the config "
+                          f"with attn_implementation={cfg.attn!r}: {type(e).__name__}: {_short(e)}. Fix: check the config "
                           "(and --attn eager|sdpa), or upgrade transformers for a newer architecture") from None
     if cfg.layers is not None:
         check_depth(model, cfg.layers, cfg.model)
