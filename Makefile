@@ -73,3 +73,8 @@ cpu-demo-fig4:  ## Figure 4 at CPU scale: all-MiniLM-L6-v2, real SST-2, LoRA/LoR
 	  task.data_dir=$(REAL_GLUE_DIR)
 	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results results/cpu_demo/raw/fig4 --out results/cpu_demo \
 	  --model all-minilm-l6-v2 --task sst2
+
+# ---- issue 13: memory planner ----------------------------------------------------------------------------
+.PHONY: plan-vs-accelerate
+plan-vs-accelerate:  ## our memory plan beside accelerate's estimate for 4 7B-8B configs + SmolLM2 -> results/plan_vs_accelerate/
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) analysis/plan_vs_accelerate.py

@@ -200,6 +200,13 @@ def model_depth(model: str) -> int:
     return max(int(getattr(cfg, k)) for k in keys)
 
 
+def uniform_depth(model: str) -> bool:
+    """True when every block stack has the same depth (the depth extrapolation changes all stacks together;
+    an encoder-decoder with unequal stacks is simulated at its real depth)."""
+    cfg = model_config(model)
+    return len({int(getattr(cfg, k)) for k in depth_keys(cfg)}) <= 1
+
+
 def with_depth(cfg: PretrainedConfig, layers: int) -> PretrainedConfig:
     """``cfg`` with every depth key set to ``layers``; per-layer lists (``layer_types``: sliding-window /
     full attention per layer, and the like) cut to their first ``layers`` entries."""
