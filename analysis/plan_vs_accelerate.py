@@ -26,15 +26,17 @@ GIB = 2**30
 
 
 def accelerate_numbers(config_dir: Path) -> dict[str, Any]:
-    """accelerate's numbers for the model of ``config_dir`` (fp32 meta model, as its CLI builds it)."""
+    """accelerate's numbers for the model of ``config_dir``, built as its CLI's ``create_empty_model`` builds it:
+    ``AutoModel`` (the base model: no LM head, as the CLI uses when the config has no ``auto_map``) in fp32
+    under ``init_empty_weights``."""
     from accelerate import init_empty_weights
     from accelerate.commands.estimate import estimate_training_usage
     from accelerate.utils import calculate_maximum_sizes
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel
 
     cfg = AutoConfig.from_pretrained(config_dir)
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model = AutoModel.from_config(cfg, dtype=torch.float32)
     total, largest = calculate_maximum_sizes(model)
     out: dict[str, Any] = {"total_size_fp32": int(total), "largest_layer_fp32": int(largest[0])}
     for dtype, div in (("float32", 1), ("float16", 2), ("int8", 4), ("int4", 8)):
