@@ -2,7 +2,9 @@
 
 Everything a backend needs to build and run the step lives here, and nothing here knows about backends:
   ProbeConfig          one cell (model, method, batch, dtype, semantics, ...)
-  build_base_model     the shipped architecture at any depth, on any device (``meta`` for a weightless model)
+  model_config         the transformers config of a shipped name, a local directory / config.json / .gguf, or a Hub id
+  build_base_model     that architecture at any depth, on any device (``meta`` for a weightless model); family,
+                       depth keys and block stacks come from the config and the built model, not from a table
   apply_probe_method   the method applied as the training runs apply it (4-bit: real NF4, or 16-bit stand-ins)
   make_batch           random token ids shaped like one batch of the cell
   make_optimizer       the method's optimizer in steady state (states allocated)
@@ -47,6 +49,9 @@ DEPTH_KEYS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "n_layer"
 @dataclass(frozen=True)
 class ProbeConfig:
     """One table cell: which model, method and step to measure.
+
+    ``model``: a shipped architecture name, or any Hugging Face config (:func:`model_config`: a directory
+    with config.json, a config.json path, a .gguf file, a Hub id); family, blocks and depth come from it.
 
     ``seq_len``: tokens per example for encoders, source tokens for T5 and LLaMA. ``target_len``:
     T5 target tokens (``None`` = ``seq_len``); for LLaMA the response tokens appended to the source
