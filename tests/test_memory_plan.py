@@ -16,6 +16,7 @@ from lorafa_repro.memory.step import (
     ProbeConfig,
     build_base_model,
     model_arch,
+    model_config,
     model_depth,
     moe_experts,
     transformer_blocks,
@@ -97,7 +98,7 @@ def test_moe_counts_every_expert_and_needs_bf16(tmp_path) -> None:
     path = tmp_path / "mixtral.json"
     path.write_text(json.dumps(dict(BASE, model_type="mixtral", num_key_value_heads=2, num_local_experts=4,
                                     num_experts_per_tok=2, num_hidden_layers=2)))
-    assert moe_experts(__import__("lorafa_repro.memory.step", fromlist=["x"]).model_config(str(path))) == 4
+    assert moe_experts(model_config(str(path))) == 4
     with pytest.raises(ConfigError, match="Fix: plan it with --dtype bf16"):
         probe(ProbeConfig(model=str(path), method="ft", rank=None, **SMALL), "simulate")
     out = probe(ProbeConfig(model=str(path), method="ft", rank=None, dtype="bf16", **SMALL), "simulate")

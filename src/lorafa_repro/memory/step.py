@@ -289,8 +289,8 @@ def build_base_model(cfg: ProbeConfig) -> nn.Module:
                                   dtype=weight_dtype, attn_implementation=cfg.attn)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a config it cannot build
         raise ConfigError(f"transformers cannot build {cfg.model!r} (model_type {hf.model_type!r}, family {arch}) "
-                          f"with attn_implementation={cfg.attn!r}: {type(e).__name__}: {_short(e)}. Fix: check the config "
-                          "(and --attn eager|sdpa), or upgrade transformers for a newer architecture") from None
+                          f"with attn_implementation={cfg.attn!r}: {type(e).__name__}: {_short(e)}. "
+                          "Fix: check the config (and --attn eager|sdpa), or upgrade transformers for a newer architecture") from None
     if cfg.layers is not None:
         check_depth(model, cfg.layers, cfg.model)
     experts = moe_experts(hf)
