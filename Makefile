@@ -85,3 +85,8 @@ test-faults:  ## fault-injection sweep (NaN, OOM, exception, bad override, SIGKI
 
 test-scale:  ## multi-process DDP/FSDP (2 gloo ranks on CPU) and the Hydra launcher/sweeper plugins (pip install -e ".[scale]")
 	$(PYTHON) -m pytest -q tests/test_distributed.py tests/test_scale.py
+
+# ---- issue 13: memory planner ----------------------------------------------------------------------------
+.PHONY: plan-vs-accelerate
+plan-vs-accelerate:  ## our memory plan beside accelerate's estimate for 4 7B-8B configs + SmolLM2 -> results/plan_vs_accelerate/
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) analysis/plan_vs_accelerate.py

@@ -134,7 +134,8 @@ def run_probe(cfg: ProbeConfig, backend: str = "auto", out_dir: str | Path | Non
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lorafa_repro.memory.probe", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="shipped architecture (roberta-base, t5-large, llama-7b, tiny-*)")
+    p.add_argument("--model", required=True, help="shipped architecture (roberta-base, t5-large, llama-7b, tiny-*), or any Hugging Face "
+                   "config: a directory with config.json, a config.json path, a .gguf file, a Hub id")
     p.add_argument("--method", required=True, help="ft | lora | lora_fa | qlora | ... (methods.METHODS)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)

@@ -90,6 +90,7 @@ from lorafa_repro.memory.step import (
     make_optimizer,
     model_depth,
     param_counts,
+    uniform_depth,
     quantized_weight_numels,
     train_step,
     transformer_blocks,
@@ -314,7 +315,7 @@ def simulate(cfg: ProbeConfig, *, extrapolate_depth: bool = True) -> dict[str, A
 
     depth = cfg.layers or model_depth(cfg.model)
     lo, hi = EXTRAPOLATION_DEPTHS_CKPT if cfg.gradient_checkpointing else EXTRAPOLATION_DEPTHS
-    if extrapolate_depth and depth > hi:
+    if extrapolate_depth and depth > hi and (cfg.layers is not None or uniform_depth(cfg.model)):
         runs = [simulate_once(replace(cfg, layers=d)) for d in (lo, hi)]
         res = extrapolate(runs[0], runs[1], lo, hi, depth)
         how = {"method": "linear in depth", "depths": [lo, hi], "to_depth": depth}

@@ -2,7 +2,9 @@
 
 Everything a backend needs to build and run the step lives here, and nothing here knows about backends:
   ProbeConfig          one cell (model, method, batch, dtype, semantics, ...)
-  build_base_model     the shipped architecture at any depth, on any device (``meta`` for a weightless model)
+  model_config         the transformers config of a shipped name, a local directory / config.json / .gguf, or a Hub id
+  build_base_model     that architecture at any depth, on any device (``meta`` for a weightless model); family,
+                       depth keys and block stacks come from the config and the built model, not from a table
   apply_probe_method   the method applied as the training runs apply it (4-bit: real NF4, or 16-bit stand-ins)
   make_batch           random token ids shaped like one batch of the cell
   make_optimizer       the method's optimizer in steady state (states allocated)
@@ -18,11 +20,16 @@ probe.py imports the backends and only dispatches.
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from lorafa_repro.memory.semantics import SEMANTICS, device_semantics
 from lorafa_repro.models import count_parameters, enable_gradient_checkpointing
@@ -33,15 +40,18 @@ BACKENDS = ("auto", "cuda", "simulate", "analytic", "cpu")
 #: phase boundaries of one step, in order; the interval that ends at a boundary is named in INTERVALS
 BOUNDARIES = ("step_start", "after_forward", "after_backward", "after_optimizer_step")
 INTERVALS = {"after_forward": "forward", "after_backward": "backward", "after_optimizer_step": "optimizer"}
-#: model_type -> architecture family (picks the model head and the batch layout)
-ARCH_OF_TYPE = {"roberta": "encoder", "bert": "encoder", "t5": "encoder_decoder", "llama": "decoder"}
-#: config keys holding the number of transformer blocks
-DEPTH_KEYS = ("num_hidden_layers", "num_layers", "num_decoder_layers")
+#: config keys that may hold the number of transformer blocks (transformers' ``attribute_map`` maps
+#: ``n_layer`` / ``n_layers`` to ``num_hidden_layers`` where a model names it so); which of them a model
+#: really uses is checked on the built model (:func:`check_depth`)
+DEPTH_KEYS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "n_layer", "n_layers")
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     """One table cell: which model, method and step to measure.
+
+    ``model``: a shipped architecture name, or any Hugging Face config (:func:`model_config`: a directory
+    with config.json, a config.json path, a .gguf file, a Hub id); family, blocks and depth come from it.
 
     ``seq_len``: tokens per example for encoders, source tokens for T5 and LLaMA. ``target_len``:
     T5 target tokens (``None`` = ``seq_len``); for LLaMA the response tokens appended to the source
@@ -99,22 +109,145 @@ class ProbeConfig:
 # Model, batch and step: shared by every backend that runs the step (cuda, simulate, cpu)
 # ----------------------------------------------------------------------------------------------
 
-def model_arch(model: str) -> str:
-    """encoder | encoder_decoder | decoder for a shipped architecture name."""
-    from lorafa_repro.models import shipped_config
+def _short(e: Exception, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
-    cfg = shipped_config(model)
-    if cfg.model_type in ARCH_OF_TYPE:
-        return ARCH_OF_TYPE[cfg.model_type]
-    return "encoder_decoder" if getattr(cfg, "is_encoder_decoder", False) else "decoder"
+
+@lru_cache(maxsize=64)
+def _load_config(model: str) -> PretrainedConfig:
+    from transformers import AutoConfig
+
+    from lorafa_repro.models import shipped_config, shipped_config_names
+    from lorafa_repro.schema import ConfigError
+
+    path = Path(model).expanduser()
+    try:
+        if model in shipped_config_names() and not path.exists():
+            return shipped_config(model)
+        if path.is_file() and path.suffix == ".gguf":  # a GGUF checkpoint: only its metadata is read
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        if path.is_file():  # a config.json (any name)
+            data = json.loads(path.read_text())
+            model_type = data.pop("model_type", None)
+            if model_type is None:
+                raise ValueError(f"{path} has no 'model_type'")
+            return AutoConfig.for_model(model_type, **data)
+        # a local directory with config.json, or a Hub id (AutoConfig fetches config.json only, no weights)
+        return AutoConfig.from_pretrained(str(path) if path.exists() else model)
+    except Exception as e:  # noqa: BLE001 - every failure is the same user error: no usable config
+        raise ConfigError(f"cannot read a transformers config from {model!r} ({type(e).__name__}: {_short(e)}). "
+                          "Fix: pass a shipped name (" + ", ".join(shipped_config_names()) + "), a directory "
+                          "holding config.json, a config.json path, a .gguf file, or a Hub id") from None
+
+
+def model_config(model: str) -> PretrainedConfig:
+    """The transformers config of ``model``: a shipped architecture name, a local directory with a
+    config.json, a config.json path, a ``.gguf`` file (its metadata) or a Hugging Face Hub id (only
+    config.json is fetched). A fresh copy on every call (callers override fields)."""
+    return copy.deepcopy(_load_config(model))
+
+
+def config_arch(cfg: PretrainedConfig) -> str:
+    """encoder | encoder_decoder | decoder, from the config: ``is_encoder_decoder``, else the head class
+    the checkpoint names (``architectures``: ...ForCausalLM / ...LMHeadModel = decoder), else the auto
+    mappings (a model with a masked-LM head, BERT/RoBERTa, is an encoder even though transformers also
+    builds it as a causal LM)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(cfg, "is_encoder_decoder", False):
+        return "encoder_decoder"
+    heads = [a for a in (getattr(cfg, "architectures", None) or []) if isinstance(a, str)]
+    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in heads):
+        return "decoder"
+    if any(a.endswith(("ForMaskedLM", "ForSequenceClassification", "Model", "ForPreTraining")) for a in heads):
+        return "encoder" if cfg.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
+    if cfg.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder"
+    if cfg.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "decoder"
+    from lorafa_repro.schema import ConfigError
+
+    raise ConfigError(f"model_type {cfg.model_type!r} is neither an encoder-decoder, a causal LM nor a masked-LM "
+                      "encoder in this transformers version. Fix: pass a text model transformers can build with "
+                      "AutoModelForCausalLM / AutoModelForSeq2SeqLM / AutoModelForSequenceClassification")
+
+
+def model_arch(model: str) -> str:
+    """encoder | encoder_decoder | decoder (:func:`config_arch` of :func:`model_config`)."""
+    return config_arch(model_config(model))
+
+
+def depth_keys(cfg: PretrainedConfig) -> list[str]:
+    """The config keys (of DEPTH_KEYS) this config sets: the depth of each block stack."""
+    keys, seen = [], set()
+    for k in DEPTH_KEYS:
+        v = getattr(cfg, k, None)
+        canonical = cfg.attribute_map.get(k, k)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0 and canonical not in seen:
+            keys.append(canonical)
+            seen.add(canonical)
+    return keys
 
 
 def model_depth(model: str) -> int:
-    """Number of transformer blocks per stack in a shipped config."""
-    from lorafa_repro.models import shipped_config
+    """Number of transformer blocks per stack (the deepest stack for an encoder-decoder)."""
+    cfg = model_config(model)
+    keys = depth_keys(cfg)
+    if not keys:
+        from lorafa_repro.schema import ConfigError
 
-    cfg = shipped_config(model)
-    return int(next(getattr(cfg, k) for k in DEPTH_KEYS if getattr(cfg, k, None)))
+        raise ConfigError(f"{model!r}: no depth key ({', '.join(DEPTH_KEYS)}) in its config. Fix: pass a config "
+                          "that states its number of layers")
+    return max(int(getattr(cfg, k)) for k in keys)
+
+
+def uniform_depth(model: str) -> bool:
+    """True when every block stack has the same depth (the depth extrapolation changes all stacks together;
+    an encoder-decoder with unequal stacks is simulated at its real depth)."""
+    cfg = model_config(model)
+    return len({int(getattr(cfg, k)) for k in depth_keys(cfg)}) <= 1
+
+
+def with_depth(cfg: PretrainedConfig, layers: int) -> PretrainedConfig:
+    """``cfg`` with every depth key set to ``layers``; per-layer lists (``layer_types``: sliding-window /
+    full attention per layer, and the like) cut to their first ``layers`` entries."""
+    old = {k: int(getattr(cfg, k)) for k in depth_keys(cfg)}
+    for k, v in list(vars(cfg).items()):
+        if isinstance(v, (list, tuple)) and len(v) in old.values() and len(v) > layers and not k.startswith("_") \
+                and k not in ("architectures", "id2label", "label2id"):
+            setattr(cfg, k, type(v)(v[:layers]))
+    for k in old:
+        setattr(cfg, k, layers)
+    return cfg
+
+
+#: config keys giving the number of routed experts per MoE layer (Mixtral, Qwen2-MoE/Qwen3-MoE, DeepSeek, ...)
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def moe_experts(cfg: PretrainedConfig) -> int:
+    """Routed experts per MoE layer, 0 for a dense model. Every expert's weights are resident (counted
+    with the parameters); what a step allocates per expert does not depend on the routing, because
+    transformers' grouped kernel sizes its buffers by tokens x top_k (each token's top_k experts),
+    whichever experts they are - so the simulation's balanced-or-not routing of random tokens gives
+    the same bytes as any real routing."""
+    return max([int(v) for k in EXPERT_KEYS if isinstance(v := getattr(cfg, k, None), int)] or [0])
+
+
+def check_depth(model: nn.Module, layers: int, source: str) -> None:
+    """Every block stack of ``model`` (:func:`transformer_blocks`) has ``layers`` blocks: the depth keys
+    really set the model's depth (else the extrapolation would be wrong)."""
+    stacks = {stack: n for stack, _, n in transformer_blocks(model).values()}
+    if not stacks or any(n != layers for n in stacks.values()):
+        from lorafa_repro.schema import ConfigError
+
+        raise ConfigError(f"{source}: setting the depth keys to {layers} gave block stacks {stacks or 'none'}; "
+                          "its depth is not held by any of memory.step.DEPTH_KEYS. Fix: add this architecture's depth "
+                          "key to DEPTH_KEYS")
 
 
 def compute_dtype(dtype: str) -> torch.dtype:
@@ -138,21 +271,33 @@ def simulated_method(method: str) -> str:
 
 
 def build_base_model(cfg: ProbeConfig) -> nn.Module:
-    """The shipped architecture at ``cfg.layers`` depth, random init, on the current default device
-    (call inside ``torch.device("meta")`` for a weightless model)."""
-    from lorafa_repro.models import model_from_config, shipped_config
+    """The architecture of ``cfg.model`` (:func:`model_config`) at ``cfg.layers`` depth, random init, on the
+    current default device (call inside ``torch.device("meta")`` for a weightless model). The family picks the
+    head: encoders a sequence-classification head, decoders a causal-LM head, encoder-decoders seq2seq."""
+    from lorafa_repro.models import model_from_config
+    from lorafa_repro.schema import ConfigError
 
-    arch = model_arch(cfg.model)
-    overrides: dict[str, Any] = {}
+    hf = model_config(cfg.model)
+    arch = config_arch(hf)
     if cfg.layers is not None:
-        base = shipped_config(cfg.model)
-        overrides.update({k: cfg.layers for k in DEPTH_KEYS if getattr(base, k, None)})
+        with_depth(hf, cfg.layers)
     if arch == "encoder":
-        overrides["num_labels"] = cfg.num_labels
+        hf.num_labels = cfg.num_labels
     weight_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    model = model_from_config(shipped_config(cfg.model, **overrides), arch=arch,
-                              task_kind="classification" if arch == "encoder" else "lm", dtype=weight_dtype,
-                              attn_implementation=cfg.attn)
+    try:
+        model = model_from_config(hf, arch=arch, task_kind="classification" if arch == "encoder" else "lm",
+                                  dtype=weight_dtype, attn_implementation=cfg.attn)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a config it cannot build
+        raise ConfigError(f"transformers cannot build {cfg.model!r} (model_type {hf.model_type!r}, family {arch}) "
+                          f"with attn_implementation={cfg.attn!r}: {type(e).__name__}: {_short(e)}. "
+                          "Fix: check the config (and --attn eager|sdpa), or upgrade transformers for a newer architecture") from None
+    if cfg.layers is not None:
+        check_depth(model, cfg.layers, cfg.model)
+    experts = moe_experts(hf)
+    if experts and cfg.dtype != "bf16":
+        raise ConfigError(f"{cfg.model!r} is a mixture-of-experts model ({experts} experts per layer): transformers "
+                          "runs its experts with torch._grouped_mm, which takes only bf16 inputs (and fp32 autocast "
+                          "does not cast them). Fix: plan it with --dtype bf16")
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model
@@ -174,6 +319,13 @@ def apply_probe_method(model: nn.Module, cfg: ProbeConfig, *, simulate_4bit: boo
         for name in kept_in_fp32(model):
             model.get_submodule(name).float()
     targets = list(cfg.target_modules) if cfg.target_modules else None
+    if get_method(method).uses_adapters and not targets:
+        from lorafa_repro.methods.targets import block_linears
+        from lorafa_repro.schema import ConfigError
+
+        if not block_linears(model):
+            raise ConfigError(f"{cfg.model!r} has no nn.Linear in its blocks to put {method} adapters on (GPT-2 "
+                              "style Conv1D layers?). Fix: plan this model with --methods ft, or pass target_modules")
     return apply_method(model, method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
                         target_modules=targets, compute_dtype=compute_dtype(cfg.dtype))
 
