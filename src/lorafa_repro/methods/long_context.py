@@ -9,7 +9,9 @@ between neighbouring groups. The paper's pseudo-code (its Algorithm 1), which :f
     out = cat((out.chunk(2, 2)[0], out.chunk(2, 2)[1].roll(G/2, 1)), 2)
 
 (the roll wraps around: in the shifted heads the last group holds the last G/2 and the first G/2 tokens, as in
-the paper's Figure 2). In ``eval()`` (evaluation, generation) the model attends in full, as LongLoRA does.
+the paper's Figure 2, and as LongLoRA's and LlamaFactory's code do it: the causal mask of one group is reused for
+every group). With one group (G = N) there is nothing to shift between groups and the roll would only put the
+second half of the sequence before its first half: S2-Attn is then plain causal attention. In ``eval()`` (evaluation, generation) the model attends in full, as LongLoRA does.
 
 It plugs into transformers' attention interface: :func:`enable_s2_attn` registers ``s2_eager`` / ``s2_sdpa``
 (the group attention computed the eager way or with ``scaled_dot_product_attention``, with the masks of the
@@ -71,6 +73,8 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, 
     """S2-Attn on (B, H, N, D) queries/keys/values (keys/values already repeated to H heads); returns
     (B, H, N, D). Heads ``H//2:`` see the groups shifted by G/2 (module docstring)."""
     b, h, n, d = q.shape
+    if group == n:  # one group: full causal attention (module docstring)
+        return _causal_attention(q, k, v, scaling=scaling, dropout=dropout, training=training, impl=impl)
     half = h // 2
 
     def shift(x: torch.Tensor, by: int) -> torch.Tensor:
