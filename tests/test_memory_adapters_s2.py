@@ -23,6 +23,7 @@ def test_simulate_matches_real_cpu_allocations(model: str, extra: dict) -> None:
     assert sim["params"] == real["params"]
 
 
+@pytest.mark.slow  # ~10 s
 def test_s2_attn_lowers_the_eager_attention_peak() -> None:
     """Groups of a quarter of the sequence: the eager score matrices are 4x smaller in training."""
     cfg = dict(model="tiny-llama", method="lora", rank=4, batch_size=4, seq_len=256, target_len=0)
