@@ -31,8 +31,9 @@ def load_runs(results: Path) -> list[dict[str, Any]]:
             continue
         c = r["config"]
         main = r["metrics"]["main_metric"]
+        rank = None if c["method"]["name"] == "ft" else c["method"]["rank"]
         runs.append({"task": c["task"]["name"], "method": c["method"]["name"], "lr": c["optim"]["lr"],
-                     "rank": c["method"]["rank"], "metric": main, "score": r["metrics"]["final"][main],
+                     "rank": rank, "metric": main, "score": r["metrics"]["final"][main],
                      "trainable": r["params"]["trainable"], "total": r["params"]["total"],
                      "peak_rss": r["memory"].get("peak_rss_bytes"), "train_s": r["timing"].get("train_s"),
                      "steps": r["timing"].get("steps"), "sha": r.get("env", {}).get("git_sha", "")[:10]})

@@ -61,7 +61,8 @@ def cells(model: str, seqs: list[int], rank: int, budget_gb: float) -> list[tupl
 
 
 def cell_dir(out: Path, row: Row, cfg: ProbeConfig) -> Path:
-    return out / f"{cfg.model}__s{cfg.seq_len}__{cfg.attn}__{'ckpt' if cfg.gradient_checkpointing else 'keep'}__{row.key}"
+    ckpt = "ckpt" if cfg.gradient_checkpointing else "keep"
+    return out / f"{cfg.model}__s{cfg.seq_len}__{cfg.attn}__{ckpt}__{row.key}"
 
 
 def run_cells(todo: list[tuple[Row, ProbeConfig]], out: Path, *, force: bool = False) -> None:

@@ -47,7 +47,8 @@ def test_roberta_block_equals_houlsby_formula_by_hand() -> None:
     with torch.no_grad():
         att = layer.attention
         sa = att.self
-        q, k, v = (lin(x).view(2, 5, -1, sa.attention_head_size).transpose(1, 2) for lin in (sa.query, sa.key, sa.value))
+        q, k, v = (lin(x).view(2, 5, -1, sa.attention_head_size).transpose(1, 2)
+                   for lin in (sa.query, sa.key, sa.value))
         ctx = torch.softmax(q @ k.transpose(-1, -2) / sa.attention_head_size**0.5, -1) @ v
         ctx = ctx.transpose(1, 2).reshape(2, 5, -1)
         h1 = att.output.LayerNorm(adapter(layer.adapters["attn"], att.output.dense(ctx)) + x)

@@ -159,5 +159,5 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
-__all__ = ["METHODS", "OPTION_KEYS", "Method", "apply_method", "method_options", "block_linears", "build_optimizer", "get_method",
-           "head_modules", "resolve_target_modules"]
+__all__ = ["METHODS", "OPTION_KEYS", "Method", "apply_method", "block_linears", "build_optimizer", "get_method",
+           "head_modules", "method_options", "resolve_target_modules"]

@@ -11,7 +11,8 @@ between neighbouring groups. The paper's pseudo-code (its Algorithm 1), which :f
 (the roll wraps around: in the shifted heads the last group holds the last G/2 and the first G/2 tokens, as in
 the paper's Figure 2, and as LongLoRA's and LlamaFactory's code do it: the causal mask of one group is reused for
 every group). With one group (G = N) there is nothing to shift between groups and the roll would only put the
-second half of the sequence before its first half: S2-Attn is then plain causal attention. In ``eval()`` (evaluation, generation) the model attends in full, as LongLoRA does.
+second half of the sequence before its first half: S2-Attn is then plain causal attention. In ``eval()``
+(evaluation, generation) the model attends in full, as LongLoRA does.
 
 It plugs into transformers' attention interface: :func:`enable_s2_attn` registers ``s2_eager`` / ``s2_sdpa``
 (the group attention computed the eager way or with ``scaled_dot_product_attention``, with the masks of the
