@@ -12,7 +12,7 @@ TINY = dict(rank=4, batch_size=8, seq_len=32, target_len=16)
 
 
 @pytest.mark.parametrize("model,extra", [
-    ("tiny-roberta", {}),
+    pytest.param("tiny-roberta", {}, marks=pytest.mark.slow),  # ~4 s; the analytic adapter test below stays fast
     ("tiny-llama", {"s2_attn": True, "trainable_extra": ("embed", "norm")}),
 ])
 def test_simulate_matches_real_cpu_allocations(model: str, extra: dict) -> None:
