@@ -83,4 +83,5 @@ cpu-demo-adapters:  ## adapters vs LoRA vs LoRA-FA vs FT at CPU scale: all-MiniL
 	for task in sst2 mrpc; do for run in $(CPU_DEMO_ADAPTER_RUNS); do \
 	  LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_adapters \
 	    task=glue/$$task $$(echo $$run | tr ',' ' ') task.data_dir=$(REAL_GLUE_DIR) || exit 1; done; done
-	$(PYTHON) analysis/cpu_demo_adapters.py --results results/cpu_demo_adapters/raw --out results/cpu_demo_adapters
+	$(PYTHON) analysis/cpu_demo_adapters.py --results results/cpu_demo_adapters/raw --out results/cpu_demo_adapters \
+	  --minilm-dir $(MINILM_DIR)
