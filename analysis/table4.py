@@ -24,8 +24,9 @@ PAPER_CSV_SHARED = REPO.parent / "shared" / "paper" / "tables" / "table4_memory.
 PAPER_CSV_LOCAL = REPO / "analysis" / "paper_tables" / "table4_memory.csv"
 GIB = 2**30
 MODEL_ORDER = ("roberta-base", "roberta-large", "t5-small", "t5-base", "t5-large", "llama-7b")
-METHOD_ORDER = ("ft", "lora", "lora_fa", "qlora", "qlora_fa")
-METHOD_LABEL = {"ft": "FT", "lora": "LoRA", "lora_fa": "LoRA-FA", "qlora": "QLoRA", "qlora_fa": "QLoRA-FA"}
+METHOD_ORDER = ("ft", "lora", "lora_fa", "qlora", "qlora_fa", "adapter")
+METHOD_LABEL = {"ft": "FT", "lora": "LoRA", "lora_fa": "LoRA-FA", "qlora": "QLoRA", "qlora_fa": "QLoRA-FA",
+                "adapter": "Adapters (Houlsby)"}
 BREAKDOWN = (("parameters", "Params"), ("gradients", "Grads"), ("optimizer_states", "Opt. states"),
              ("activations", "Activations"), ("temporaries", "Temps"))
 

@@ -39,7 +39,7 @@ def test_method_configs_share_keys() -> None:
     assert len({frozenset(k) for k in keys.values()}) == 1, keys
 
 
-@pytest.mark.parametrize("method", ["ft", "lora", "lora_fa", "lora_fa_v2", "qlora", "qlora_fa"])
+@pytest.mark.parametrize("method", ["ft", "lora", "lora_fa", "lora_fa_v2", "qlora", "qlora_fa", "adapter"])
 def test_rank_sweep_composes_for_every_method(method: str) -> None:
     cfg = compose_cfg([f"method={method}", "method.rank=16", "model=tiny_roberta"])
     assert cfg.method.rank == 16

@@ -28,7 +28,7 @@ def _batch(model, kind: str):
 
 
 def test_registry_has_every_method() -> None:
-    assert set(METHODS) == {"ft", "lora", "lora_fa", "qlora", "lora_fa_v2", "qlora_fa"}
+    assert set(METHODS) == {"ft", "lora", "lora_fa", "qlora", "lora_fa_v2", "qlora_fa", "adapter"}
     assert [m for m, spec in METHODS.items() if spec.quantize_4bit] == ["qlora", "qlora_fa"]
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lorafa_repro import checkpoint as ckpt
 from lorafa_repro import distributed as dist
 from lorafa_repro.memory.peak import PeakMemory
-from lorafa_repro.methods import apply_method, get_method
+from lorafa_repro.methods import apply_method, get_method, method_options
 from lorafa_repro.models import build_model, build_tokenizer, count_parameters, enable_gradient_checkpointing
 from lorafa_repro.results import (
     MetricsLog,
@@ -173,7 +173,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         target = m.target_modules if m.target_modules is not None else (list(cfg.model.default_target_modules) or None)
         model = apply_method(model, m.name, rank=m.rank, alpha=m.alpha, dropout=m.dropout, target_modules=target,
-                             compute_dtype=compute_dtype).to(device)
+                             compute_dtype=compute_dtype, **method_options(m)).to(device)
         memory.end_loading()  # the loading peak apart from the training steps' peak
         result["params"] = count_parameters(model)
         result["method_description"] = spec.description

@@ -65,6 +65,15 @@ class MethodConfig:
     target_modules: Optional[list[str]] = None
     # 4-bit NF4 base weights (bitsandbytes); true exactly for qlora and qlora_fa.
     quantize_4bit: bool = False
+    # method=adapter only (Houlsby): nonlinearity of the bottleneck (gelu|relu|swish|silu|tanh), and whether the
+    # blocks' normalization layers are trained (Houlsby et al.) or frozen.
+    adapter_nonlinearity: str = "gelu"
+    adapter_train_norms: bool = True
+    # LongLoRA (methods/long_context.py), any method on a decoder: shifted sparse attention in training, groups of
+    # s2_group_fraction x the sequence (1/k); trainable_extra: [embed, norm] trained in full as well.
+    s2_attn: bool = False
+    s2_group_fraction: float = 0.25
+    trainable_extra: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -158,7 +167,8 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
     spec = METHODS[m.name]
     if spec.uses_adapters:
         _positive(m.rank, "method.rank", "8")
-        _positive(m.alpha, "method.alpha", "16")
+        if spec.uses_alpha:
+            _positive(m.alpha, "method.alpha", "16")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"method.dropout must be in [0, 1), got {m.dropout}. Fix: method.dropout=0.1")
     if m.quantize_4bit != spec.quantize_4bit:
@@ -166,6 +176,8 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
             f"method.quantize_4bit={m.quantize_4bit} does not fit method {m.name!r}. "
             f"Fix: use method=qlora or method=qlora_fa (4-bit base) or drop the override"
         )
+
+    _check_method_options(m, mo.arch, t.max_seq_len)
 
     _positive(o.lr, "optim.lr", "5e-4")
     if o.weight_decay < 0:
@@ -225,6 +237,28 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
             raise ConfigError(f"task.{key} must be > 0 or null, got {t[key]}. Fix: task.{key}=null")
     if t.data_dir is not None:
         check_task_data(t.family, t.name, Path(t.data_dir), t)
+
+
+def _check_method_options(m: Any, arch: str, max_seq_len: int) -> None:
+    """The adapter and LongLoRA keys of ``method`` (see MethodConfig)."""
+    from lorafa_repro.methods.adapter import NONLINEARITIES
+    from lorafa_repro.methods.long_context import EXTRA_TRAINABLES, s2_groups
+
+    _one_of(m.adapter_nonlinearity, "method.adapter_nonlinearity", tuple(NONLINEARITIES))
+    for extra in m.trainable_extra:
+        _one_of(extra, "method.trainable_extra[]", EXTRA_TRAINABLES)
+    if not m.s2_attn:
+        return
+    if arch != "decoder":
+        raise ConfigError(f"method.s2_attn=true needs a decoder (LLaMA-architecture) model, this one is {arch}. "
+                          "Fix: method.s2_attn=false or model=tiny_llama / llama_7b")
+    if not 0 < m.s2_group_fraction <= 1:
+        raise ConfigError(f"method.s2_group_fraction must be in (0, 1], got {m.s2_group_fraction}. "
+                          "Fix: method.s2_group_fraction=0.25")
+    try:
+        s2_groups(max_seq_len, m.s2_group_fraction)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("Fix: ", "Fix: set task.max_seq_len accordingly; ")) from None
 
 
 def _no_unknown_keys(c: DictConfig) -> None:

@@ -19,6 +19,8 @@ at the dtype it has) plus the X / X A of the one block recomputed at a time (the
 Everything else (attention scores, softmax, GELU, LayerNorm, dropout masks, the loss) is left out, as
 in the paper's formula: the simulated and measured backends include it. Which layers save X or XA is
 read from ``requires_grad`` of W, lora_A and lora_B, so new methods are covered without a case here.
+Houlsby adapters (method=adapter): their ``down`` / ``up`` linears are counted like any trained linear (X of
+``down``: b x s x d, X of ``up``: b x s x r), from a forward of the adapted model.
 The layer inputs (shapes, which layers share one) come from one forward on fake tensors.
 """
 
@@ -175,6 +177,23 @@ def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dt
             "weight_copies": copies, "activations": acts, "temporaries": temps, "other": batch_bytes}
 
 
+def adapter_inputs(adapted: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, LinearInput]:
+    """:func:`linear_inputs` of the Houlsby adapters' linears (none for other methods), from one fake forward
+    of the adapted model; their inputs never share a tensor with a base linear's."""
+    from lorafa_repro.methods.adapter import adapter_linear_names
+
+    names = adapter_linear_names(adapted)
+    if not names:
+        return {}
+    mode = FakeTensorMode()
+    fake_from_meta(adapted, mode)
+    adapted.train()
+    with mode:
+        fake_batch = {k: torch.empty(v.shape, dtype=v.dtype).fill_(5) for k, v in batch.items()}
+        seen = linear_inputs(adapted, fake_batch, names)
+    return {n: LinearInput(li.tokens, li.d_in, li.d_out, shared_id=-1 - i) for i, (n, li) in enumerate(seen.items())}
+
+
 def analytic(cfg: ProbeConfig) -> dict[str, Any]:
     """The analytic backend for a table cell."""
     from lorafa_repro.methods import block_linears, get_method
@@ -191,6 +210,7 @@ def analytic(cfg: ProbeConfig) -> dict[str, Any]:
         batch = make_batch(cfg, base.config.vocab_size, "cpu")
         inputs = linear_inputs(base, batch, names)
         checkpoints = block_inputs(base, batch, list(transformer_blocks(base))) if cfg.gradient_checkpointing else None
+    inputs.update(adapter_inputs(adapted, batch))
     batch_bytes = sum(t.numel() * t.element_size() for t in batch.values())
     quantized = quantized_weight_numels(cfg) if get_method(cfg.method).quantize_4bit else None
     parts = analytic_breakdown(adapted, inputs, dtype=cfg.dtype, quantized_numels=quantized, batch_bytes=batch_bytes,

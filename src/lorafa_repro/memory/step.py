@@ -85,6 +85,13 @@ class ProbeConfig:
     semantics: str = "cuda"
     max_grad_norm: float | None = 1.0
     budget_gb: float = 40.0
+    # method options (methods.apply_method): LongLoRA's S2-Attn in training (decoders; ``attn`` is the kernel
+    # of its group attention) and extra trained modules (``embed``, ``norm``); Houlsby adapter settings
+    s2_attn: bool = False
+    s2_group_fraction: float = 0.25
+    trainable_extra: tuple[str, ...] = ()
+    adapter_nonlinearity: str = "gelu"
+    adapter_train_norms: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -102,6 +109,7 @@ class ProbeConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules) if self.target_modules else None
+        d["trainable_extra"] = list(self.trainable_extra)
         return d
 
 
@@ -327,7 +335,9 @@ def apply_probe_method(model: nn.Module, cfg: ProbeConfig, *, simulate_4bit: boo
             raise ConfigError(f"{cfg.model!r} has no nn.Linear in its blocks to put {method} adapters on (GPT-2 "
                               "style Conv1D layers?). Fix: plan this model with --methods ft, or pass target_modules")
     return apply_method(model, method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
-                        target_modules=targets, compute_dtype=compute_dtype(cfg.dtype))
+                        target_modules=targets, compute_dtype=compute_dtype(cfg.dtype), s2_attn=cfg.s2_attn,
+                        s2_group_fraction=cfg.s2_group_fraction, trainable_extra=list(cfg.trainable_extra),
+                        adapter_nonlinearity=cfg.adapter_nonlinearity, adapter_train_norms=cfg.adapter_train_norms)
 
 
 def build_on_device(cfg: ProbeConfig, device: torch.device) -> nn.Module:

@@ -42,6 +42,8 @@ PAPER_CELLS: dict[str, tuple[int, int]] = {
     "llama-7b": (1, 64),
 }
 PAPER_METHODS = ("ft", "lora", "lora_fa")
+#: extra rows beside the paper's methods and the 4-bit ones (rank = the adapters' bottleneck size)
+EXTRA_METHODS = ("adapter",)
 TABLE_DTYPE = "fp32"
 #: arch -> (seq_len, target_len); see ProbeConfig for what the two mean per architecture
 SEQ_LENS: dict[str, tuple[int, int | None]] = {"encoder": (128, None), "encoder_decoder": (128, 128),
@@ -50,10 +52,11 @@ DEFAULT_OUT = Path("results/table4")
 
 
 def table_methods() -> list[str]:
-    """The paper's three methods, then every registered 4-bit method (picked up when registered)."""
+    """The paper's three methods, every registered 4-bit method (picked up when registered), then the extras."""
     from lorafa_repro.methods import METHODS
 
-    return list(PAPER_METHODS) + [name for name, spec in METHODS.items() if spec.quantize_4bit]
+    return (list(PAPER_METHODS) + [name for name, spec in METHODS.items() if spec.quantize_4bit]
+            + list(EXTRA_METHODS))
 
 
 def table_cells(models: list[str] | None = None, *, budget_gb: float = 40.0, dtype: str = TABLE_DTYPE,

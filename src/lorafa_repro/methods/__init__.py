@@ -7,17 +7,21 @@ Where each method lives:
   qlora   -> methods/lora.py      NF4 4-bit base + PEFT LoRA
   lora_fa_v2 -> methods/lora_fa_v2.py  PEFT's create_lorafa_optimizer (the paper's LATER version: projected dB)
   qlora_fa   -> methods/qlora_fa.py    NF4 4-bit base + the memory-optimal LoRA-FA layer
+  adapter    -> methods/adapter.py     Houlsby bottleneck adapters (rank = bottleneck size)
+Method options every method accepts (``method.s2_attn``, ``method.trainable_extra``: methods/long_context.py;
+``method.adapter_*``: methods/adapter.py) travel through :func:`method_options`.
 Add a method by writing its ``apply_*`` function and one ``Method`` entry below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
+from lorafa_repro.methods.adapter import apply_adapter
 from lorafa_repro.methods.ft import apply_ft
 from lorafa_repro.methods.lora import apply_lora, apply_qlora
 from lorafa_repro.methods.lora_fa import apply_lora_fa
@@ -37,6 +41,7 @@ class Method:
     uses_adapters: bool = True
     quantize_4bit: bool = False
     make_optimizer: Optional[OptimizerFactory] = None
+    uses_alpha: bool = True  # False: method.alpha is unused (adapters have no LoRA scaling)
 
 
 METHODS: dict[str, Method] = {
@@ -52,6 +57,8 @@ METHODS: dict[str, Method] = {
                make_optimizer=make_lora_fa_v2_optimizer),
         Method("qlora_fa", "QLoRA-FA: NF4 + double-quant 4-bit base + LoRA-FA (only XA kept for backward)",
                apply_qlora_fa, quantize_4bit=True),
+        Method("adapter", "Houlsby bottleneck adapters after attention and FFN outputs (rank = bottleneck), "
+               "block norms trained by option", apply_adapter, uses_alpha=False),
     )
 }
 
@@ -73,26 +80,57 @@ def apply_method(
     target_modules: list[str] | str | None = None,
     modules_to_save: list[str] | None = None,
     compute_dtype: torch.dtype = torch.float32,
+    adapter_nonlinearity: str = "gelu",
+    adapter_train_norms: bool = True,
+    s2_attn: bool = False,
+    s2_group_fraction: float = 0.25,
+    trainable_extra: list[str] | tuple[str, ...] | None = None,
 ) -> nn.Module:
     """Adapt ``model`` with ``method`` and return the model to train.
 
     ``target_modules``: suffixes of linear-layer names (``["query", "value"]``), or ``None`` for all
     linear layers in the transformer blocks (the paper's default). ``modules_to_save``: modules trained in
     full besides the adapters; ``None`` = the model's classification head if it has one.
+    ``adapter_nonlinearity`` / ``adapter_train_norms``: method=adapter only (methods/adapter.py).
+    ``s2_attn``: LongLoRA's shifted sparse attention in training (LLaMA-architecture models, any method),
+    groups of ``s2_group_fraction`` of the sequence; ``trainable_extra``: ``embed`` and/or ``norm`` trained in
+    full besides the method's own parameters (LongLoRA trains both); see methods/long_context.py.
     """
+    from lorafa_repro.methods.long_context import enable_s2_attn, train_extra
+
     spec = get_method(method)
+    if s2_attn:
+        enable_s2_attn(model, s2_group_fraction)
     if not spec.uses_adapters:
-        return spec.apply(model)
+        return train_extra(spec.apply(model), trainable_extra)
     if rank is None or rank <= 0:
         raise ValueError(f"{method} needs rank > 0, got {rank}")
-    if alpha is None or alpha <= 0:
+    if spec.uses_alpha and (alpha is None or alpha <= 0):
         raise ValueError(f"{method} needs alpha > 0, got {alpha}")
-    targets = resolve_target_modules(model, target_modules)
     save = head_modules(model) if modules_to_save is None else modules_to_save
+    if method == "adapter":
+        adapted = spec.apply(model, rank=rank, modules_to_save=save, adapter_nonlinearity=adapter_nonlinearity,
+                             adapter_train_norms=adapter_train_norms)
+        return train_extra(adapted, trainable_extra)
+    targets = resolve_target_modules(model, target_modules)
     kwargs = dict(target_modules=targets, rank=rank, alpha=alpha, dropout=dropout, modules_to_save=save)
     if spec.quantize_4bit:
         kwargs["compute_dtype"] = compute_dtype
-    return spec.apply(model, **kwargs)
+    return train_extra(spec.apply(model, **kwargs), trainable_extra)
+
+
+#: MethodConfig keys passed to :func:`apply_method` as keyword options (besides rank, alpha, dropout, targets)
+OPTION_KEYS = ("adapter_nonlinearity", "adapter_train_norms", "s2_attn", "s2_group_fraction", "trainable_extra")
+
+
+def method_options(method_cfg: Any) -> dict[str, Any]:
+    """The option keys of a method config (``cfg.method``, a MethodConfig or a dict) present in it, as
+    keyword arguments for :func:`apply_method`."""
+    get = method_cfg.get if isinstance(method_cfg, dict) else (lambda k, d=None: getattr(method_cfg, k, d))
+    out = {k: get(k) for k in OPTION_KEYS if get(k) is not None}
+    if "trainable_extra" in out:
+        out["trainable_extra"] = list(out["trainable_extra"])
+    return out
 
 
 def build_optimizer(
@@ -121,5 +159,5 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
-__all__ = ["METHODS", "Method", "apply_method", "block_linears", "build_optimizer", "get_method",
-           "head_modules", "resolve_target_modules"]
+__all__ = ["METHODS", "OPTION_KEYS", "Method", "apply_method", "block_linears", "build_optimizer", "get_method",
+           "head_modules", "method_options", "resolve_target_modules"]
