@@ -1,7 +1,7 @@
 """MMLU k-shot evaluation of any Hugging Face causal LM, with the standard Hendrycks / lm-evaluation-harness prompt.
 
     python -m lorafa_repro.mmlu --model <hub id or dir> [--gguf-file F] [--adapter <peft dir>] --data-dir <dir>
-        [--subjects ...] [--k-shot 5] [--limit-per-subject N] --out <file.json>
+        [--subjects ...] [--k-shot 5] [--limit-per-subject N] [--name <label>] --out <file.json>
 
 Prompt (Hendrycks' ``evaluate.py`` and lm-eval's ``mmlu`` task, identical): the line
 "The following are multiple choice questions (with answers) about <subject with spaces>.\\n\\n", then the first k
@@ -390,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--no-share-prefix", action="store_true", help="run every full prompt (for timing comparisons)")
+    p.add_argument("--name", default=None, help="model label stored in the output (analysis/table3.py matches "
+                                                "it with the training runs' model.name); default: --model's last "
+                                                "path part")
     p.add_argument("--out", required=True, help="output JSON file")
     a = p.parse_args(argv)
     if a.k_shot < 0 or (a.limit_per_subject is not None and a.limit_per_subject <= 0):
@@ -409,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     res = evaluate_mmlu(model, tok, data_dir=a.data_dir, split=a.split, subjects=a.subjects,
                         limit_per_subject=a.limit_per_subject, k_shot=a.k_shot, max_len=a.max_len,
                         batch_size=a.batch_size, device=device, share_prefix=not a.no_share_prefix)
-    out = {"kind": "mmlu_eval", "model": a.model, "gguf_file": a.gguf_file, "adapter": a.adapter,
+    out = {"kind": "mmlu_eval", "name": a.name or Path(a.model.rstrip("/")).name, "model": a.model, "gguf_file": a.gguf_file, "adapter": a.adapter,
            "data_dir": a.data_dir, "dtype": str(dtype).replace("torch.", ""), "device": device,
            "load_s": load_s, **res, "env": env_info()}
     write_json_atomic(a.out, out)
