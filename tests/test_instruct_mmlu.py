@@ -245,6 +245,38 @@ def test_training_evaluates_a_subset_periodically_and_the_full_set_at_the_end(tm
     preds = (tmp_path / "out" / final["predictions_file"]).read_text().splitlines()
     assert len(preds) == 12 and json.loads(preds[0])["subject"] == "anatomy"
 
+    # Table 3 from these files: the untuned model's evaluation beside it gives the gain and its paired SE
+    table3 = _analysis("table3")
+    base = {"kind": "mmlu_eval", "name": "tiny-llama (random init)", "micro": 0.5, "macro": 0.25,
+            "n_questions": 12, "predictions": [dict(json.loads(x), correct=i < 3) for i, x in enumerate(preds)]}
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "tiny.json").write_text(json.dumps(base))
+    table = table3.render(tmp_path / "out", tmp_path / "base", tmp_path / "t3")
+    row = table[table["model"] == "tiny-llama (random init)"].iloc[0]
+    assert row["ours_mmlu"] == round(100 * final["score"], 1) and row["base_mmlu"] == 25.0
+    assert row["ours_gain"] == round(100 * final["score"] - 25.0, 1) and row["gain_se"] is not None
+    assert "| llama-7b | alpaca | lora_fa | 83 / - | 37.4 / - | 2.3 / - |" in (tmp_path / "t3" / "table3.md").read_text()
+
+
+def _analysis(name: str):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "analysis" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gain_standard_error_is_paired() -> None:
+    """sqrt(b + c - (b - c)^2 / n) / n over discordant questions, not the unpaired sqrt(p1 q1 / n + p2 q2 / n)."""
+    tuned = dict(enumerate([True, True, False, False, True]))
+    base = dict(enumerate([False, True, True, False, True]))
+    se = _analysis("table3").paired_se(tuned, base)
+    assert se == pytest.approx(2 ** 0.5 / 5)  # b = c = 1; the unpaired value would be 0.3098
+    assert _analysis("table3").paired_se(tuned, {**base, 9: True}) is None  # different question sets
+
 
 # ----------------------------------------------------------------------------------------------- lm-eval
 
