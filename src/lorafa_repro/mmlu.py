@@ -239,9 +239,13 @@ def _expand_cache(cache: Any, batch: int) -> Any:
     from transformers import DynamicCache
 
     fresh = DynamicCache()
-    for layer_idx, layer in enumerate(cache.layers):
-        fresh.update(layer.keys.expand(batch, *layer.keys.shape[1:]).contiguous(),
-                     layer.values.expand(batch, *layer.values.shape[1:]).contiguous(), layer_idx)
+    if hasattr(cache, "layers"):  # transformers >= 4.54
+        pairs = [(layer.keys, layer.values) for layer in cache.layers]
+    else:
+        pairs = list(zip(cache.key_cache, cache.value_cache))
+    for layer_idx, (k, v) in enumerate(pairs):
+        fresh.update(k.expand(batch, *k.shape[1:]).contiguous(), v.expand(batch, *v.shape[1:]).contiguous(),
+                     layer_idx)
     return fresh
 
 
