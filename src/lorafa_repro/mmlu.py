@@ -10,7 +10,7 @@ the test question in the same form ending in "Answer:".
 
 Prediction: the answer letter whose token has the highest next-token logit after the prompt. The letter tokens
 are those lm-eval scores: the continuation " A" ... " D" split off the tokenization of prompt + " A" (lm-eval's
-``_encode_pair``). For LLaMA's SentencePiece tokenizer that is the single token "▁A" (id 319; tokenizing "A"
+``_encode_pair``). For LLaMA's SentencePiece tokenizer that is the single token "▁A" (tokenizing "A"
 alone gives the same id, because SentencePiece prefixes a space); for byte-level BPE tokenizers (GPT-2, SmolLM2)
 it is "ĠA" (space + A), which is *not* the id of "A" alone. A tokenizer that splits " A" into several tokens
 (the suite's byte tokenizer: a space byte, then "A") is handled exactly: the shared leading tokens (the space)
