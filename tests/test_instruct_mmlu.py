@@ -255,7 +255,8 @@ def test_training_evaluates_a_subset_periodically_and_the_full_set_at_the_end(tm
     row = table[table["model"] == "tiny-llama (random init)"].iloc[0]
     assert row["ours_mmlu"] == round(100 * final["score"], 1) and row["base_mmlu"] == 25.0
     assert row["ours_gain"] == round(100 * final["score"] - 25.0, 1) and row["gain_se"] is not None
-    assert "| llama-7b | alpaca | lora_fa | 83 / - | 37.4 / - | 2.3 / - |" in (tmp_path / "t3" / "table3.md").read_text()
+    md = (tmp_path / "t3" / "table3.md").read_text()
+    assert "| llama-7b | alpaca | lora_fa | 83 / - | 37.4 / - | 2.3 / - |" in md  # random init never fills it
 
 
 def _analysis(name: str):

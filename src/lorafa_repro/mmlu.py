@@ -416,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     res = evaluate_mmlu(model, tok, data_dir=a.data_dir, split=a.split, subjects=a.subjects,
                         limit_per_subject=a.limit_per_subject, k_shot=a.k_shot, max_len=a.max_len,
                         batch_size=a.batch_size, device=device, share_prefix=not a.no_share_prefix)
-    out = {"kind": "mmlu_eval", "name": a.name or Path(a.model.rstrip("/")).name, "model": a.model, "gguf_file": a.gguf_file, "adapter": a.adapter,
+    out = {"kind": "mmlu_eval", "name": a.name or Path(a.model.rstrip("/")).name, "model": a.model,
+           "gguf_file": a.gguf_file, "adapter": a.adapter,
            "data_dir": a.data_dir, "dtype": str(dtype).replace("torch.", ""), "device": device,
            "load_s": load_s, **res, "env": env_info()}
     write_json_atomic(a.out, out)

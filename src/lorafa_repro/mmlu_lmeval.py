@@ -61,7 +61,8 @@ def run_lm_eval(model: nn.Module, tokenizer: Any, test: dict[str, list[Question]
         names = write_task_configs(Path(tmp), test, dev)
         t0 = time.perf_counter()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-        out = simple_evaluate(model=lm, tasks=names, num_fewshot=k_shot, task_manager=TaskManager(include_path=tmp, include_defaults=False),
+        manager = TaskManager(include_path=tmp, include_defaults=False)
+        out = simple_evaluate(model=lm, tasks=names, num_fewshot=k_shot, task_manager=manager,
                               log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                               fewshot_random_seed=0)
         seconds = time.perf_counter() - t0

@@ -62,7 +62,8 @@ def check_config(task_cfg: Any) -> None:
         raise ValueError(f"task.template must be one of {', '.join(TEMPLATES)}, got {c.template!r}. "
                          "Fix: task.template=alpaca")
     if c.mmlu_average not in AVERAGES:
-        raise ValueError(f"task.mmlu_average must be macro or micro, got {c.mmlu_average!r}. Fix: task.mmlu_average=macro")
+        raise ValueError(f"task.mmlu_average must be macro or micro, got {c.mmlu_average!r}. "
+                         "Fix: task.mmlu_average=macro")
     for key in ("max_source_len", "max_target_len"):
         if c[key] <= 0:
             raise ValueError(f"task.{key} must be > 0, got {c[key]}. Fix: task.{key}=128")
@@ -105,7 +106,8 @@ def check_local_data(name: str, data_dir: Path, task_cfg: Any = None) -> None:
     path = _train_path(data_dir, task_cfg)
     if not path.is_file():
         raise DataNotFoundError(f"instruction data {path} not found. Fix: task.data_dir=<folder holding "
-                                f"{task_cfg.train_file}> (e.g. ../shared/data/alpaca) or task.data_dir=null for the Hub")
+                                f"{task_cfg.train_file}> (e.g. ../shared/data/alpaca) or task.data_dir=null "
+                                "for the Hub")
     if task_cfg.get("mmlu_dir"):
         check_mmlu_data(task_cfg)
 
