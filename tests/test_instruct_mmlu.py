@@ -299,3 +299,32 @@ def test_predictions_equal_lm_eval_harness(tmp_path: Path) -> None:
     for subject, questions in test.items():  # the very same prompt strings
         for q in questions:
             assert theirs["contexts"][(subject, q.index)] == mmlu.build_prompt(q, dev[subject][:5])
+
+
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.mark.parametrize("method", ["ft", "lora", "lora_fa", "qlora", "qlora_fa", "lora_fa_v2"])
+def test_every_method_trains_every_llama_linear(method: str) -> None:
+    """On an instruction batch (response-only labels), each of q, k, v, o, gate, up, down gets a gradient in
+    every block: on its weight (ft) or on its adapter (B always; A too unless the method freezes it)."""
+    from types import SimpleNamespace
+
+    from lorafa_repro import apply_method
+    from lorafa_repro.models import build_model
+    from lorafa_repro.tasks.causal_lm import causal_collate, encode_prompt_response
+
+    tok = byte_tokenizer("decoder")
+    torch.manual_seed(0)
+    cfg = SimpleNamespace(source="shipped", path="tiny-llama", tokenizer="byte", arch="decoder", gguf_file=None)
+    model = apply_method(build_model(cfg, task_kind="causal"), method, rank=4, alpha=8,
+                         target_modules=list(LLAMA_LINEARS))
+    rows = [encode_prompt_response(tok, build_prompt("Say hi.", ""), "hi there", max_prompt_len=128,
+                                   max_response_len=16)]
+    model(**causal_collate(tok)(rows)).loss.backward()
+    suffix = "weight" if method == "ft" else "lora_B.default.weight"
+    for layer in range(2):
+        for lin in LLAMA_LINEARS:
+            grads = [p.grad for n, p in model.named_parameters()
+                     if f"layers.{layer}." in n and f".{lin}." in n and n.endswith(suffix)]
+            assert len(grads) == 1 and grads[0] is not None and grads[0].abs().sum() > 0, (layer, lin)
