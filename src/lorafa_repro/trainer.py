@@ -170,8 +170,10 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
 
     def evaluate(step: int) -> dict[str, Any]:
         path = out_dir / "predictions" / f"step_{step:06d}.jsonl" if out_dir is not None and is_main else None
-        metrics = task.evaluate(model, tokenizer, batch_size=trainer.eval_batch_size, device=device,
-                                autocast=autocast, predictions_path=path)
+        # a task whose periodic evaluation is a subset (instruct: MMLU) evaluates fully at the end
+        run_eval = getattr(task, "evaluate_final", task.evaluate) if step == steps else task.evaluate
+        metrics = run_eval(model, tokenizer, batch_size=trainer.eval_batch_size, device=device,
+                           autocast=autocast, predictions_path=path)
         if path is not None and path.exists():
             metrics["predictions_file"] = str(path.relative_to(out_dir))
         return metrics

@@ -5,6 +5,7 @@ evaluation).
 A family module provides three names, and gets one line in :data:`FAMILIES`:
   ``task_names() -> list[str]``; ``check_local_data(name, data_dir, task_cfg)`` raising DataNotFoundError;
   ``build(task_cfg, seed) -> Task``.
+Optionally ``check_config(task_cfg)`` raising ValueError for family-specific values (schema.validate calls it).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from lorafa_repro.tasks.glue_data import DataNotFoundError
 #: family -> module (imported on first use, so a family's heavy imports cost nothing to the others)
 FAMILIES: dict[str, str] = {
     "glue": "lorafa_repro.tasks.glue",
+    "instruct": "lorafa_repro.tasks.instruct",
 }
 
 #: the model architectures (ModelConfig.arch) each family trains
 FAMILY_ARCHS: dict[str, tuple[str, ...]] = {
     "glue": ("encoder",),
+    "instruct": ("decoder",),
 }
 
 
@@ -48,8 +51,21 @@ def check_task_data(family: str, name: str, data_dir: Path, task_cfg: Any = None
         raise ConfigError(str(e)) from None
 
 
+def check_task_config(family: str, task_cfg: Any) -> None:
+    """The family's own value checks (``check_config``, when it has one), as a ConfigError."""
+    from lorafa_repro.schema import ConfigError
+
+    check = getattr(_family(family), "check_config", None)
+    if check is not None:
+        try:
+            check(task_cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
 def build_task(task_cfg: Any, *, seed: int = 0) -> Task:
     return _family(task_cfg.family).build(task_cfg, seed=seed)
 
 
-__all__ = ["DataNotFoundError", "FAMILIES", "FAMILY_ARCHS", "Task", "build_task", "check_task_data", "known_tasks"]
+__all__ = ["DataNotFoundError", "FAMILIES", "FAMILY_ARCHS", "Task", "build_task", "check_task_config",
+           "check_task_data", "known_tasks"]

@@ -33,3 +33,7 @@ class Task(Protocol):
         With ``predictions_path``, also write one JSON line per evaluated example there (id, input, prediction,
         reference), so anyone can rescore the run without the model."""
         ...
+
+    # Optional: ``evaluate_final`` with evaluate's signature; when a task has it, the training loop calls it for
+    # the last evaluation instead of ``evaluate`` (the instruct family evaluates a subset of MMLU periodically and
+    # the full test split at the end).
