@@ -10,11 +10,16 @@ def quantize_linears_4bit(model: nn.Module, target_modules: list[str], compute_d
     """Replace each named ``nn.Linear`` in place by a frozen ``bnb.nn.Linear4bit`` (NF4, double quant).
 
     Works for random-init and pretrained models alike, on CPU (bitsandbytes >= 0.45) and CUDA:
-    the weights are quantized on the device the layer lives on.
+    the weights are quantized on the device the layer lives on. Layers the model class keeps in full precision
+    (``_keep_in_fp32_modules``: T5's FFN output ``wo``, whose forward casts its input to ``wo.weight.dtype``)
+    stay unquantized, as ``from_pretrained(quantization_config=...)`` leaves them.
     """
     import bitsandbytes as bnb
 
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     for name in target_modules:
+        if keep.intersection(name.split(".")):
+            continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         lin = getattr(parent, child)

@@ -4,7 +4,8 @@ evaluation).
 
 A family module provides three names, and gets one line in :data:`FAMILIES`:
   ``task_names() -> list[str]``; ``check_local_data(name, data_dir, task_cfg)`` raising DataNotFoundError;
-  ``build(task_cfg, seed) -> Task``.
+  ``build(task_cfg, seed) -> Task``; optionally ``check_config(task_cfg)`` (value checks of the family's own
+  keys, raising ConfigError; :func:`lorafa_repro.schema.validate` calls it).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from lorafa_repro.tasks.glue_data import DataNotFoundError
 #: family -> module (imported on first use, so a family's heavy imports cost nothing to the others)
 FAMILIES: dict[str, str] = {
     "glue": "lorafa_repro.tasks.glue",
+    "wmt16": "lorafa_repro.tasks.wmt16",
 }
 
 #: the model architectures (ModelConfig.arch) each family trains
 FAMILY_ARCHS: dict[str, tuple[str, ...]] = {
     "glue": ("encoder",),
+    "wmt16": ("encoder_decoder", "decoder"),
 }
 
 
@@ -48,8 +51,15 @@ def check_task_data(family: str, name: str, data_dir: Path, task_cfg: Any = None
         raise ConfigError(str(e)) from None
 
 
+def check_task_config(family: str, task_cfg: Any) -> None:
+    """A family's own value checks (optional ``check_config(task_cfg)`` raising ConfigError), before any data."""
+    check = getattr(_family(family), "check_config", None)
+    if check is not None:
+        check(task_cfg)
+
+
 def build_task(task_cfg: Any, *, seed: int = 0) -> Task:
     return _family(task_cfg.family).build(task_cfg, seed=seed)
 
 
-__all__ = ["DataNotFoundError", "FAMILIES", "FAMILY_ARCHS", "Task", "build_task", "check_task_data", "known_tasks"]
+__all__ = ["DataNotFoundError", "FAMILIES", "FAMILY_ARCHS", "Task", "build_task", "check_task_config", "check_task_data", "known_tasks"]
