@@ -198,7 +198,6 @@ class Wmt16Task:
         self.kind = "causal" if self.decoder_only else "seq2seq"
         self._train: list[dict[str, Any]] | None = None
         self._eval_pairs: list[Pair] | None = None
-        self._eval_rows: list[dict[str, Any]] | None = None
 
     # --- encoding
     def prompt(self, source: str) -> str:
@@ -251,52 +250,66 @@ class Wmt16Task:
     def generate(self, model: nn.Module, tokenizer: Any, sources: list[Pair], *, batch_size: int,
                  device: torch.device, autocast: Callable[[], Any]) -> list[str]:
         """Beam search over ``sources`` in batches of similar length (longest first); hypotheses in input order."""
-        rows = self._generation_inputs(sources, tokenizer)
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        hyps: list[str] = [""] * len(rows)
-        was_training = model.training
-        model.eval()
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = pad_rows([rows[i] for i in idx], pad_id=pad_id, side="left" if self.decoder_only else "right")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast():
-                out = model.generate(**batch, num_beams=self.cfg.num_beams, max_new_tokens=self.cfg.max_new_tokens,
-                                     do_sample=False, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-            if self.decoder_only:  # the prompt comes back in front of the new tokens
-                out = out[:, batch["input_ids"].shape[1]:]
-            for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
-                hyps[i] = text.strip()
-        model.train(was_training)
-        return hyps
+        return self._generate_and_score(model, tokenizer, sources, batch_size=batch_size, device=device,
+                                        autocast=autocast, with_loss=False)[0]
 
-    @torch.no_grad()
-    def eval_loss(self, model: nn.Module, tokenizer: Any, *, batch_size: int, device: torch.device,
-                  autocast: Callable[[], Any]) -> float:
-        """Teacher-forced loss on the evaluation pairs (token-weighted mean), comparable with the training loss."""
-        if self._eval_rows is None:
-            self._eval_rows = self._encode(self.eval_pairs(), tokenizer)
+    def _generate_and_score(self, model: nn.Module, tokenizer: Any, pairs: list[Pair], *, batch_size: int,
+                            device: torch.device, autocast: Callable[[], Any], with_loss: bool
+                            ) -> tuple[list[str], float]:
+        """Hypotheses (input order) and, with ``with_loss``, the teacher-forced loss (token-weighted mean, comparable
+        with the training loss). Batches hold sources of similar length (longest first) to cut padding; for T5
+        the encoder runs once per batch and serves both the loss and the beam search."""
+        gen_rows = self._generation_inputs(pairs, tokenizer)
+        loss_rows = self._encode(pairs, tokenizer) if with_loss else None
+        order = sorted(range(len(gen_rows)), key=lambda i: -len(gen_rows[i]["input_ids"]))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         collate = self.collate_fn(tokenizer)
+        gen_kwargs = {"num_beams": self.cfg.num_beams, "max_new_tokens": self.cfg.max_new_tokens, "do_sample": False,
+                      "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id}
+        hyps: list[str] = [""] * len(gen_rows)
+        loss_sum, n_tokens = 0.0, 0
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0
-        for i in range(0, len(self._eval_rows), batch_size):
-            batch = {k: v.to(device) for k, v in collate(self._eval_rows[i : i + batch_size]).items()}
-            n = int((batch["labels"] != -100).sum())  # a causal LM's first label is a prompt token (-100)
-            with autocast():
-                loss = model(**batch).loss.float().item()
-            total, count = total + loss * n, count + n
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = pad_rows([gen_rows[i] for i in idx], pad_id=pad_id,
+                                 side="left" if self.decoder_only else "right")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast():
+                    if self.decoder_only:
+                        if loss_rows is not None:
+                            loss_sum, n_tokens = self._add_loss(model, collate([loss_rows[i] for i in idx]),
+                                                                device, loss_sum, n_tokens)
+                        out = model.generate(**batch, **gen_kwargs)[:, batch["input_ids"].shape[1]:]  # drop prompt
+                    else:
+                        encoder_outputs = model.get_encoder()(**batch)
+                        if loss_rows is not None:
+                            labels = collate([loss_rows[i] for i in idx])["labels"]
+                            loss_sum, n_tokens = self._add_loss(
+                                model, {"encoder_outputs": encoder_outputs, "attention_mask": batch["attention_mask"],
+                                        "labels": labels}, device, loss_sum, n_tokens)
+                        out = model.generate(encoder_outputs=encoder_outputs, attention_mask=batch["attention_mask"],
+                                             **gen_kwargs)
+                for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
+                    hyps[i] = text.strip()
         model.train(was_training)
-        return total / count if count else math.nan
+        return hyps, (loss_sum / n_tokens if n_tokens else math.nan)
+
+    @staticmethod
+    def _add_loss(model: nn.Module, batch: dict[str, Any], device: torch.device, loss_sum: float,
+                  n_tokens: int) -> tuple[float, int]:
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        n = int((batch["labels"] != -100).sum())  # a causal LM's first label is a prompt token (-100)
+        return loss_sum + model(**batch).loss.float().item() * n, n_tokens + n
 
     def evaluate(self, model: nn.Module, tokenizer: Any, *, batch_size: int, device: torch.device,
                  autocast: Callable[[], Any], predictions_path: Path | None = None) -> dict[str, Any]:
         pairs = self.eval_pairs()
-        hyps = self.generate(model, tokenizer, pairs, batch_size=batch_size, device=device, autocast=autocast)
+        hyps, loss = self._generate_and_score(model, tokenizer, pairs, batch_size=batch_size, device=device,
+                                              autocast=autocast, with_loss=True)
         metrics = translation_metrics(hyps, [p.target for p in pairs])
-        metrics["eval_loss"] = self.eval_loss(model, tokenizer, batch_size=batch_size, device=device,
-                                              autocast=autocast)
+        metrics["eval_loss"] = loss
         metrics["eval_sentences"] = len(pairs)
         if predictions_path is not None:
             write_jsonl_atomic(predictions_path, ({"id": p.id, "source": p.source, "hypothesis": h,
