@@ -61,6 +61,10 @@ def _num(v: object, digits: int = 1) -> str:
     return "-" if v is None or pd.isna(v) else f"{float(v):.{digits}f}"
 
 
+def _beams(n: object) -> str:
+    return "greedy" if int(n) == 1 else f"{int(n)} beams"
+
+
 def _diff(ours_v: object, paper_v: object) -> float | None:
     if ours_v is None or paper_v is None or pd.isna(ours_v) or pd.isna(paper_v):
         return None
@@ -107,9 +111,9 @@ def _markdown(rows: list[dict], results: Path, with_paper: bool) -> str:
             f"{_num(r['paper_params_M'], 2)} / {_num(r['ours_params_M'], 3)}",
             _num(r["bleu_paper"]), _num(r["bleu_ours"], 2), _num(r["bleu_diff"], 2),
             _num(r["rougeL_paper"]), _num(r["rougeL_ours"], 2), _num(r["rougeL_diff"], 2), _num(r["chrf"], 2),
-            f"{r['lr']:g}" if ran else "-", str(r["rank"]) if ran and r["rank"] else "-",
+            f"{r['lr']:g}" if ran else "-", str(r["rank"]) if ran and r["rank"] and r["method"] != "ft" else "-",
             f"{int(r['steps'])} x {int(r['batch'])}" if ran else "-",
-            f"{r['eval_split']} ({int(r['eval_sentences'])}, {int(r['num_beams'])} beams)" if ran else "-",
+            f"{r['eval_split']} ({int(r['eval_sentences'])}, {_beams(r['num_beams'])})" if ran else "-",
         ]) + " |")
     sigs = sorted({r["bleu_signature"] for r in rows if r["bleu_signature"]})
     lines += ["", f"Ours: from result.json files under `{results}`; per model x method the best learning-rate x rank "
