@@ -75,7 +75,7 @@ cpu-demo-fig4:  ## Figure 4 at CPU scale: all-MiniLM-L6-v2, real SST-2, LoRA/LoR
 	  --model all-minilm-l6-v2 --task sst2
 
 # --- Table 2 (WMT16 En->Ro, tasks/wmt16.py) ---
-.PHONY: table2 cpu-demo-wmt16 bench-wmt16-generate
+.PHONY: table2 cpu-demo-wmt16
 # Real WMT16 files for the demo: $LORAFA_WMT16_DIR, else ../shared/data/wmt16_en_ro, else the Hub (null)
 WMT16_DIR ?= $(or $(LORAFA_WMT16_DIR),$(if $(wildcard ../shared/data/wmt16_en_ro),../shared/data/wmt16_en_ro,null))
 
