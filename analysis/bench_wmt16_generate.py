@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from lorafa_repro.models import build_model, build_tokenizer
 from lorafa_repro.results import env_info, write_json_atomic
 from lorafa_repro.schema import TaskConfig
 from lorafa_repro.tasks.wmt16 import Wmt16Task, translation_metrics
-from omegaconf import OmegaConf
 
 
 def make_task(args: argparse.Namespace) -> Wmt16Task:
@@ -124,7 +124,7 @@ def main() -> None:
     write_json_atomic(args.out.with_suffix(".json"), result)
     cmd = "python analysis/bench_wmt16_generate.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in result["args"].items())
-    md = [f"# WMT16 evaluation speed: ours vs HF Seq2SeqTrainer.predict(predict_with_generate=True)", "",
+    md = ["# WMT16 evaluation speed: ours vs HF Seq2SeqTrainer.predict(predict_with_generate=True)", "",
           f"Command: `{cmd}`", "",
           f"Model: shipped {args.model} architecture (random init, seed {args.seed}"
           + (f", then {args.train_steps} FT steps of batch 16 on Europarl" if args.train_steps else "") + "), byte "
