@@ -18,7 +18,7 @@ Data: the Hub's ``wmt/wmt16`` ``ro-en`` (``task.data_dir=null``), or line-aligne
 
 Metrics (``translation_metrics``): sacreBLEU corpus BLEU with its default 13a tokenizer (the signature is kept),
 chrF, and ROUGE-L F1 x 100 from ``rouge-score``: the mean over sentences of the sentence-level ROUGE-L F1. Its
-default tokenizer keeps only ``[a-z0-9]`` and so splits Romanian words at every diacritic ("știință" -> "tiin",
+default tokenizer keeps only ``[a-z0-9]`` and so splits Romanian words at every diacritic ("știința" -> "tiin",
 "a"); ``rougeL`` therefore tokenizes with :class:`UnicodeWordTokenizer` (lower-cased Unicode word characters, no
 stemming), and ``rougeL_ascii`` keeps the library default (what HF ``evaluate``'s "rouge" would report).
 """
