@@ -62,4 +62,5 @@ def build_task(task_cfg: Any, *, seed: int = 0) -> Task:
     return _family(task_cfg.family).build(task_cfg, seed=seed)
 
 
-__all__ = ["DataNotFoundError", "FAMILIES", "FAMILY_ARCHS", "Task", "build_task", "check_task_config", "check_task_data", "known_tasks"]
+__all__ = ["DataNotFoundError", "FAMILIES", "FAMILY_ARCHS", "Task", "build_task", "check_task_config", "check_task_data",
+           "known_tasks"]
