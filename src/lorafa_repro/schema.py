@@ -48,6 +48,22 @@ class TaskConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     # --- wmt16 family (tasks/wmt16.py) ---
+    # the model's arch (the task config sets ${model.arch}): decoder = decoder-only translation with a causal LM
+    model_arch: Optional[str] = None
+    # T5's input prefix (encoder-decoder); a causal LM reads decoder_prompt with {source} filled in instead
+    source_prefix: str = "translate English to Romanian: "
+    decoder_prompt: str = "Translate English to Romanian.\nEnglish: {source}\nRomanian:"
+    # max_seq_len bounds the source (with its prefix / prompt); this bounds the target, EOS included
+    max_target_len: int = 128
+    # validation | test: the split evaluated (and scored) during training
+    eval_split: str = "validation"
+    # local files <data_dir>/<stem>.<lang>, line-aligned (../shared/data/wmt16_en_ro names)
+    train_file: str = "corpus"
+    validation_file: str = "newsdev2016"
+    test_file: str = "newstest2016"
+    # beam search at evaluation
+    num_beams: int = 4
+    max_new_tokens: int = 128
 
     # --- instruct family (tasks/instruct.py) ---
     # local JSON list / JSONL file inside data_dir; with data_dir=null the Hub dataset below
@@ -258,6 +274,7 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         if t[key] is not None and t[key] <= 0:
             raise ConfigError(f"task.{key} must be > 0 or null, got {t[key]}. Fix: task.{key}=null")
+    check_task_config(t.family, t)
     if t.data_dir is not None:
         check_task_data(t.family, t.name, Path(t.data_dir), t)
 

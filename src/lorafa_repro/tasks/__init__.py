@@ -22,12 +22,14 @@ from lorafa_repro.tasks.glue_data import DataNotFoundError
 FAMILIES: dict[str, str] = {
     "glue": "lorafa_repro.tasks.glue",
     "instruct": "lorafa_repro.tasks.instruct",
+    "wmt16": "lorafa_repro.tasks.wmt16",
 }
 
 #: the model architectures (ModelConfig.arch) each family trains
 FAMILY_ARCHS: dict[str, tuple[str, ...]] = {
     "glue": ("encoder",),
     "instruct": ("decoder",),
+    "wmt16": ("encoder_decoder", "decoder"),
 }
 
 
