@@ -12,8 +12,8 @@
 # verdict), 2 = the check cannot run here (no GPU, or a torch without the private MemTracker API the simulator uses).
 # The budget stays 40 GiB (the paper's A100 40GB) whatever the card, so "OOM" keeps meaning "does not fit the
 # paper's GPU". LLaMA-7B is left out (fp32 FT needs ~126 GiB; add MODELS=...,llama-7b on a card with room).
-# Cost: 25 cells (5 models x FT/LoRA/LoRA-FA/QLoRA/QLoRA-FA) x (one real step + one simulation) + 1 probe +
-# 4 checkpointed cells, about 4-6 minutes on an H100; a finished cell is skipped on a rerun (FORCE=--force redoes them).
+# Cost: 30 cells (5 models x FT/LoRA/LoRA-FA/QLoRA/QLoRA-FA/adapter) x (one real step + one simulation) + 1 probe +
+# 4 checkpointed cells, about 5-7 minutes on an H100; a finished cell is skipped on a rerun (FORCE=--force redoes them).
 #
 # Known differences to expect: QLoRA on CUDA uses bitsandbytes' paged AdamW, whose states live in
 # unified memory outside PyTorch's allocator (measured lower by the adapters' optimizer states);

@@ -283,3 +283,17 @@ def test_mnli_mismatched_score_comes_from_the_mismatched_split(synthetic_glue: P
     assert sum(r["split"] == "validation_mismatched" for r in rows) == 5
     assert final["accuracy_matched"] == pytest.approx(acc["validation_matched"])
     assert final["accuracy_mismatched"] == pytest.approx(acc["validation_mismatched"])
+
+
+def test_result_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the file that lands must read like any other (0666 - umask)."""
+    import os
+
+    from lorafa_repro.results import write_json_atomic
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "result.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
