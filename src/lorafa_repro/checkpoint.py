@@ -4,15 +4,15 @@ bookkeeping. Written through temp + rename under ``<run dir>/checkpoints/step_<N
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from lorafa_repro.results import atomic_path
 
 CKPT_DIR = "checkpoints"
 
@@ -65,14 +65,8 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], *, keep: int) ->
     folder = Path(run_dir) / CKPT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{state['step']:08d}.pt"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     for old in checkpoint_paths(run_dir)[: -max(keep, 1)]:
         old.unlink(missing_ok=True)
     return path
