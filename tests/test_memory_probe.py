@@ -179,7 +179,7 @@ def test_analytic_agrees_with_simulate_on_toy_stack(method: str) -> None:
 
     base = ToyStack(d)  # real tiny tensors: one forward to read the layer inputs
     names = [f"layers.{i}" for i in range(len(base.layers))]
-    inputs = A.linear_inputs(base, {"x": torch.zeros(tokens, d)}, names)
+    inputs, _ = A.trace_inputs(base, {"x": torch.zeros(tokens, d)}, {n: n for n in names})
     parts = A.analytic_breakdown(build(), inputs, dtype="fp32", batch_bytes=tokens * d * 4)
 
     # each term of the formula is exactly what the step holds when that term is complete
@@ -351,3 +351,21 @@ def test_qlora_peak_is_lora_peak_plus_nf4_bytes_plus_one_dequantized_weight() ->
     c = shipped_config("tiny-llama")
     assert fix["dequant_temp_bytes"] == 4 * c.hidden_size * c.intermediate_size
     assert qlora["peak_bytes"] == lora["peak_bytes"] + fix["param_bytes_delta"] + fix["dequant_temp_bytes"]
+
+
+@pytest.mark.parametrize("method", ["adapter", "lora_fa", "qlora"])
+def test_analytic_reads_every_shape_from_one_fake_forward(method: str, monkeypatch) -> None:
+    """One forward of the adapted model gives the linears' inputs, the adapters' inputs and the checkpointed
+    blocks' inputs (it used to take up to three: base linears, base blocks, adapted adapters)."""
+    forwards: list[str] = []
+    real_build = A.build_base_model
+
+    def counted(cfg: ProbeConfig) -> nn.Module:
+        model = real_build(cfg)
+        model.register_forward_pre_hook(lambda m, a: forwards.append(type(m).__name__))
+        return model
+
+    monkeypatch.setattr(A, "build_base_model", counted)
+    out = probe(ProbeConfig(model="tiny-llama", method=method, gradient_checkpointing=True, **TINY), "analytic")
+    assert len(forwards) == 1
+    assert out["breakdown"]["activations"] > 0

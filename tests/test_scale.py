@@ -94,3 +94,19 @@ def test_optuna_sweep_runs_trials(synthetic_glue: Path, tmp_path: Path) -> None:
     results = [read_result(p) for p in tmp_path.rglob("result.json")]
     assert len(results) == 3 and all(r["status"] == "success" for r in results)
     assert (tmp_path / "optimization_results.yaml").exists()
+
+
+def test_scale_extra_keeps_hydra_off_pre_releases() -> None:
+    """The plugins ask for hydra-core>=1.1.0.dev7, a specifier that lets pip pick pre-releases (1.4.0rc3):
+    the extra must carry the suite's own upper bound, and the Hydra installed must be a release."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    import hydra
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for reqs in (project["dependencies"], project["optional-dependencies"]["scale"]):
+        hydra_req = next(Requirement(r) for r in reqs if Requirement(r).name == "hydra-core")
+        assert not hydra_req.specifier.contains("1.4.0rc3", prereleases=True)
+    assert not Version(hydra.__version__).is_prerelease

@@ -138,8 +138,11 @@ def test_skip_if_done_reruns_when_config_or_code_changed(synthetic_glue: Path, t
     with pytest.raises(ConfigError, match=r"trainer.max_steps: 2 \(stored\) vs 3 \(now\)"):
         run_mod.run(compose_cfg(base + ["trainer.max_steps=3", "on_config_change=error"]), tmp_path)
     # ... or rerun
+    assert (tmp_path / "predictions" / "step_000002.jsonl").exists()
     again = run_mod.run(compose_cfg(base + ["trainer.max_steps=3"]), tmp_path)
     assert again["timing"]["steps"] == 3
+    # the replaced run's evaluations went with it
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["step_000003.jsonl"]
     # other code (e.g. an edited method): rerun
     monkeypatch.setattr(run_mod, "code_fingerprint", lambda: "edited")
     calls = []

@@ -9,6 +9,7 @@ or stops the run with the differing keys (``on_config_change=error``)."""
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,8 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     result["memory"]["precision"] = resolve_precision(cfg.trainer.precision, device)
     if is_main:
         write_json_atomic(out / "result.json", result)
+        if resume is None:  # a fresh run: another run's evaluations must not sit beside this one's
+            shutil.rmtree(out / "predictions", ignore_errors=True)
     log = MetricsLog(out / "metrics.jsonl" if is_main else None, keep_until_step=resume["step"] if resume else None)
     t0 = time.perf_counter()
     try:

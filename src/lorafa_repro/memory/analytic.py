@@ -26,6 +26,7 @@ The layer inputs (shapes, which layers share one) come from one forward on fake 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -61,48 +62,43 @@ class LinearInput:
     shared_id: int  # layers fed the same tensor share this id
 
 
-def linear_inputs(model: nn.Module, batch: dict[str, torch.Tensor], names: list[str],
-                  call: Callable[[nn.Module, dict[str, torch.Tensor]], Any] | None = None) -> dict[str, LinearInput]:
-    """Run ``model(**batch)`` once without gradients and record each named linear's input."""
+def trace_inputs(model: nn.Module, batch: dict[str, torch.Tensor], linears: dict[str, str],
+                 blocks: dict[str, str] | None = None, autocast_dtype: torch.dtype | None = None
+                 ) -> tuple[dict[str, LinearInput], dict[str, int]]:
+    """Run ``model(**batch)`` once without gradients (under CPU autocast to ``autocast_dtype`` if given);
+    record the input of each linear in ``linears`` and the bytes of each block's hidden-state input in
+    ``blocks`` (what a checkpointed block keeps for its recomputation). Both map a report name to the
+    module's path in ``model``."""
     seen: dict[str, LinearInput] = {}
+    block_bytes: dict[str, int] = {}
     keep: list[torch.Tensor] = []  # keep inputs alive so id() stays unique
     ids: dict[int, int] = {}
 
-    def hook(name: str, mod: nn.Module, args: tuple[Any, ...]) -> None:
+    def on_linear(name: str, mod: nn.Module, args: tuple[Any, ...]) -> None:
         x = args[0]
         keep.append(x)
         sid = ids.setdefault(id(x), len(ids))
         seen[name] = LinearInput(tokens=x.numel() // x.shape[-1], d_in=x.shape[-1], d_out=mod.out_features,
                                  shared_id=sid)
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: hook(n, m, a)) for n in names]
-    try:
-        with torch.no_grad():
-            (call or (lambda m, b: m(**b)))(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
-def block_inputs(model: nn.Module, batch: dict[str, torch.Tensor], blocks: list[str]) -> dict[str, int]:
-    """Bytes of each named block's hidden-state input in one ``model(**batch)`` without gradients
-    (what a checkpointed block keeps for its recomputation)."""
-    seen: dict[str, int] = {}
-
-    def hook(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def on_block(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = args[0] if args else kwargs["hidden_states"]
-        seen[name] = x.numel() * x.element_size()
+        block_bytes[name] = x.numel() * x.element_size()
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, a, k, n=n: hook(n, a, k), with_kwargs=True) for n in blocks]
+    handles = [model.get_submodule(path).register_forward_pre_hook(lambda m, a, n=n: on_linear(n, m, a))
+               for n, path in linears.items()]
+    handles += [model.get_submodule(path).register_forward_pre_hook(lambda m, a, k, n=n: on_block(n, a, k),
+                                                                    with_kwargs=True)
+                for n, path in (blocks or {}).items()]
+    autocast = (torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             model(**batch)
     finally:
         for h in handles:
             h.remove()
-    return seen
+    return seen, block_bytes
 
 
 def _strip_peft(name: str) -> str:
@@ -177,44 +173,33 @@ def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dt
             "weight_copies": copies, "activations": acts, "temporaries": temps, "other": batch_bytes}
 
 
-def adapter_inputs(adapted: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, LinearInput]:
-    """:func:`linear_inputs` of the Houlsby adapters' linears (none for other methods), from one fake forward
-    of the adapted model; their inputs never share a tensor with a base linear's."""
+def analytic(cfg: ProbeConfig) -> dict[str, Any]:
+    """The analytic backend for a table cell: one fake forward of the adapted model gives every shape."""
+    from lorafa_repro.methods import block_linears, get_method
     from lorafa_repro.methods.adapter import adapter_linear_names
 
-    names = adapter_linear_names(adapted)
-    if not names:
-        return {}
+    with torch.device("meta"):
+        base = build_base_model(cfg)
+    names = block_linears(base)
+    blocks = list(transformer_blocks(base)) if cfg.gradient_checkpointing else []
+    adapted = apply_probe_method(base, cfg, simulate_4bit=True)
+    prefix = _peft_prefix(adapted)
+    linears = {n: prefix + n for n in names} | {n: n for n in adapter_linear_names(adapted)}
     mode = FakeTensorMode()
     fake_from_meta(adapted, mode)
     adapted.train()
     with mode:
-        fake_batch = {k: torch.empty(v.shape, dtype=v.dtype).fill_(5) for k, v in batch.items()}
-        seen = linear_inputs(adapted, fake_batch, names)
-    return {n: LinearInput(li.tokens, li.d_in, li.d_out, shared_id=-1 - i) for i, (n, li) in enumerate(seen.items())}
-
-
-def analytic(cfg: ProbeConfig) -> dict[str, Any]:
-    """The analytic backend for a table cell."""
-    from lorafa_repro.methods import block_linears, get_method
-
-    with torch.device("meta"):
-        base = build_base_model(cfg)
-        adapted = build_base_model(cfg)
-    names = block_linears(base)
-    adapted = apply_probe_method(adapted, cfg, simulate_4bit=True)
-    mode = FakeTensorMode()
-    fake_from_meta(base, mode)
-    base.train()
-    with mode:
-        batch = make_batch(cfg, base.config.vocab_size, "cpu")
-        inputs = linear_inputs(base, batch, names)
-        checkpoints = block_inputs(base, batch, list(transformer_blocks(base))) if cfg.gradient_checkpointing else None
-    inputs.update(adapter_inputs(adapted, batch))
+        batch = make_batch(cfg, adapted.config.vocab_size, "cpu")
+        inputs, checkpoints = trace_inputs(adapted, batch, linears, {b: prefix + b for b in blocks},
+                                           autocast_dtype=torch.bfloat16 if cfg.dtype == "mixed" else None)
+    # Houlsby adapters' inputs never share a tensor with a base linear's (each adapter is its own X)
+    adapters = set(linears) - set(names)
+    inputs = {n: LinearInput(li.tokens, li.d_in, li.d_out, shared_id=-1 - i) if n in adapters else li
+              for i, (n, li) in enumerate(inputs.items())}
     batch_bytes = sum(t.numel() * t.element_size() for t in batch.values())
     quantized = quantized_weight_numels(cfg) if get_method(cfg.method).quantize_4bit else None
     parts = analytic_breakdown(adapted, inputs, dtype=cfg.dtype, quantized_numels=quantized, batch_bytes=batch_bytes,
-                               checkpoints=checkpoints)
+                               checkpoints=checkpoints or None)
     total = sum(parts.values())
     return {
         "backend": "analytic",
@@ -225,3 +210,10 @@ def analytic(cfg: ProbeConfig) -> dict[str, Any]:
         "breakdown_gib": {k: round(v / GIB, 3) for k, v in parts.items()},
         "params": param_counts(cfg),
     }
+
+
+def _peft_prefix(adapted: nn.Module) -> str:
+    """The path prefix of the base model's modules inside ``adapted`` (PEFT wraps it twice)."""
+    from peft import PeftModel
+
+    return "base_model.model." if isinstance(adapted, PeftModel) else ""
