@@ -73,3 +73,37 @@ def test_fault_injection_sweep(synthetic_glue: Path, tmp_path: Path) -> None:
     lost = sum(after[k][0] is None for k in CELLS)
     print(f"faults injected {injected}, survived {survived}, cells lost {lost}")
     assert (survived, lost) == (injected, 0)
+
+
+def test_fault_spec_can_target_one_rank(tmp_path: Path) -> None:
+    """``kind@step:rank<k>`` fires on rank k only; without the suffix on every rank; a fault fires once per run
+    directory (the marker is read at the start, so every rank of a run agrees)."""
+    import torch
+
+    from lorafa_repro.faults import Fault, FaultInjector, parse
+
+    assert parse("nan@2,error@3:rank1") == {2: Fault("nan"), 3: Fault("error", 1)}
+    for bad in ("error@3:rank", "error@3:1", "error@0:rank1", "boom@3:rank1"):
+        with pytest.raises(ValueError, match="Fix: trainer.fault="):
+            parse(bad)
+    loss = torch.tensor(1.0)
+    rank0, rank1 = FaultInjector("error@3:rank1", tmp_path, 0), FaultInjector("error@3:rank1", tmp_path, 1)
+    assert rank0(3, loss) is loss
+    with pytest.raises(RuntimeError, match="injected fault at step 3 on rank 1"):
+        rank1(3, loss)
+    assert FaultInjector("error@3:rank1", tmp_path, 1)(3, loss) is loss  # the restarted run goes on
+    every = [FaultInjector("nan@2", tmp_path / "b", r) for r in (0, 1)]
+    (tmp_path / "b").mkdir()
+    assert all(torch.isnan(inj(2, loss)) for inj in every)  # rank 0's marker does not stop rank 1
+
+
+def test_first_failing_rank_is_shared_through_the_run_directory(tmp_path: Path) -> None:
+    """The rank that fails first writes its reason; a rank that fails later (it saw only the broken collective)
+    reads that one instead of claiming its own; a new attempt starts clean."""
+    from lorafa_repro import distributed as dist
+
+    first = dist.share_failure(tmp_path, "oom", "OutOfMemoryError: x")
+    assert first == {"rank": 0, "status": "oom", "error": "OutOfMemoryError: x"}
+    assert dist.share_failure(tmp_path, "failed", "RuntimeError: Connection closed by peer") == first
+    dist.clear_failure(tmp_path)
+    assert dist.share_failure(tmp_path, "failed", "RuntimeError: y")["error"] == "RuntimeError: y"

@@ -1,6 +1,11 @@
 """Checkpoints of one training run: the trainable weights only (a LoRA-FA checkpoint holds B and the head,
 not the frozen base), optimizer, scheduler, grad scaler, every RNG state, the data position and the loop's
-bookkeeping. Written through temp + rename under ``<run dir>/checkpoints/step_<N>.pt``; the last K are kept."""
+bookkeeping. Written through temp + rename under ``<run dir>/checkpoints/step_<N>.pt``; the last K are kept.
+
+An FSDP model (sharded DTensor parameters) goes through PyTorch's own ``torch.distributed.checkpoint.state_dict``
+API with full, CPU-offloaded state dicts: the file holds whole tensors keyed by parameter name (model and
+optimizer), exactly what one process would hold, and loading shards them again on every rank. Gathering is a
+collective there: every rank calls :func:`trainable_state` / :func:`optimizer_state` (rank 0 gets the tensors)."""
 
 from __future__ import annotations
 
@@ -17,11 +22,29 @@ from lorafa_repro.results import atomic_path
 CKPT_DIR = "checkpoints"
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    def full(p: torch.Tensor) -> torch.Tensor:  # an FSDP shard (DTensor) is gathered to the whole tensor
-        return p.full_tensor() if hasattr(p, "full_tensor") else p
+def is_sharded(model: nn.Module) -> bool:
+    """True for an FSDP(2) model, whose parameters are DTensor shards."""
+    from torch.distributed.tensor import DTensor
 
-    return {n: full(p.detach()).cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _full_options(**kw: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name, on the CPU (sharded model: collective, empty on ranks > 0)."""
+    want = [n for n, p in model.named_parameters() if p.requires_grad]
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        full = get_model_state_dict(model, options=_full_options(cpu_offload=True, ignore_frozen_params=True))
+        return {n: full[n] for n in want if n in full}
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().cpu().clone() for n in want}
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -30,9 +53,33 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     if set(state) != want:
         raise ValueError(f"checkpoint holds other trainable weights than the model "
                          f"(missing {sorted(want - set(state))[:3]}, extra {sorted(set(state) - want)[:3]})")
+    if is_sharded(model):  # every rank holds the whole tensors; each keeps its shard
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(model, state, options=_full_options(strict=False))
+        return
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()``; for a sharded model the full state keyed by parameter name (collective,
+    empty on ranks > 0)."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=_full_options())
+        return
+    optimizer.load_state_dict(state)
 
 
 def rng_state() -> dict[str, Any]:

@@ -2,16 +2,27 @@
 (or ``accelerate launch``) sets RANK/WORLD_SIZE; :func:`init_from_env` starts the process group (NCCL on
 GPUs, gloo on CPU) and :func:`wrap` puts the model in DDP (``trainer.parallel=ddp``) or FSDP
 (``trainer.parallel=fsdp``: parameters, gradients and optimizer state sharded over the ranks). One process
-(no WORLD_SIZE) is the plain single-device path; every helper here is then a no-op."""
+(no WORLD_SIZE) is the plain single-device path; every helper here is then a no-op.
+
+A rank that raises on its own (an error, an OOM: not the collective stops ``Diverged`` / ``Interrupted``)
+must not leave the others blocked in a collective until the gloo/NCCL timeout: it records its reason with
+:func:`share_failure` in ``<run dir>/rank_failure.json`` and calls :func:`abort`; a peer blocked in a
+collective then fails at once, finds that record and reports the failing rank's reason."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as td
 from torch import nn
+
+from lorafa_repro.results import write_json_atomic
+
+FAILURE_FILE = "rank_failure.json"
 
 
 def init_from_env(device_type: str) -> bool:
@@ -92,3 +103,37 @@ def gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world
     td.all_gather_object(out, obj)
     return out
+
+
+def barrier() -> None:
+    if rank_and_world()[1] > 1:
+        td.barrier()
+
+
+def clear_failure(run_dir: Path) -> None:
+    """Rank 0, at the start of a run (then :func:`barrier`): forget a failure record of an earlier attempt."""
+    (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+
+
+def share_failure(run_dir: Path, status: str, error: str) -> dict[str, Any]:
+    """After an exception on this rank (no collective from here on: the group may be broken), the record
+    ``{rank, status, error}`` of the rank that failed first: another rank's if one is on disk (this rank only
+    saw the broken collective), else this rank's own, written for the others."""
+    path = run_dir / FAILURE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {"rank": rank_and_world()[0], "status": status, "error": error}
+        write_json_atomic(path, record)
+        return record
+
+
+def abort() -> None:
+    """Tear down this process's group: peers waiting on it in a collective get an error now, not at the
+    timeout (gloo: the connection closes; NCCL: the communicators are aborted)."""
+    if not (td.is_available() and td.is_initialized()):
+        return
+    if td.get_backend() == "nccl" and hasattr(td.distributed_c10d, "_abort_process_group"):
+        td.distributed_c10d._abort_process_group()  # destroy_process_group can wait on pending NCCL work
+    else:
+        td.destroy_process_group()

@@ -8,11 +8,13 @@ or stops the run with the differing keys (``on_config_change=error``)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
+import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -139,6 +141,9 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     dist.init_from_env(device.type)
     device = dist.local_device(device)
     is_main = dist.rank_and_world()[0] == 0
+    if is_main:
+        dist.clear_failure(out)
+    dist.barrier()
     set_seed(cfg.seed)
     task = build_task(cfg.task, seed=cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
@@ -164,6 +169,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
             shutil.rmtree(out / "predictions", ignore_errors=True)
     log = MetricsLog(out / "metrics.jsonl" if is_main else None, keep_until_step=resume["step"] if resume else None)
     t0 = time.perf_counter()
+    local_failure = False  # an exception of this rank alone (not one every rank agreed on)
     try:
         m = cfg.method
         spec = get_method(m.name)
@@ -181,7 +187,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         result["params"] = count_parameters(model)
         result["method_description"] = spec.description
         outcome = train_loop(model, task, tokenizer, trainer=cfg.trainer, optim=cfg.optim, method=m,
-                             device=device, memory=memory, log=log, seed=cfg.seed, out_dir=out if is_main else None,
+                             device=device, memory=memory, log=log, seed=cfg.seed, out_dir=out,
                              resume=resume, checkpoint_extra={"config": config})
         result["metrics"] = {"main_metric": task.main_metric, "final": outcome.final, "best": outcome.best,
                              "best_step": outcome.best_step, "first_loss": outcome.losses[0],
@@ -192,29 +198,74 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         result["status"] = "success"
     except torch.cuda.OutOfMemoryError as e:
         result["status"], result["error"] = "oom", f"{OOM_FIX} ({one_line(e)})"
+        local_failure = True
         raise
-    except Diverged as e:
+    except Diverged as e:  # decided on the all-reduced loss: every rank stops at the same step
         result["status"], result["error"] = "diverged", one_line(e)
         result["metrics"]["diverged_step"] = e.step
         raise
-    except (Interrupted, KeyboardInterrupt) as e:
+    except (Interrupted, KeyboardInterrupt) as e:  # Interrupted: every rank agreed (and checkpointed)
         result["status"], result["error"] = "interrupted", one_line(e) if str(e) else "KeyboardInterrupt"
         if isinstance(e, Interrupted) and e.checkpoint is not None:
             result["checkpoint"] = str(e.checkpoint)
+        local_failure = not isinstance(e, Interrupted)
         raise
     except BaseException as e:
         result["status"], result["error"] = "failed", one_line(e)
+        local_failure = True
         raise
     finally:
         log.close()
-        ranks = dist.gather_object(memory.summary())
-        result["memory"].update(ranks[0])
-        if len(ranks) > 1:
-            result["memory"]["per_rank"] = ranks
-            key = "peak_allocated_bytes" if "peak_allocated_bytes" in ranks[0] else "peak_rss_bytes"
-            result["memory"][f"max_over_ranks_{key}"] = max(r[key] for r in ranks)
-            result["world_size"] = len(ranks)
         result["timing"]["wall_s"] = time.perf_counter() - t0
-        if is_main:
-            write_json_atomic(out / "result.json", result)
+        _record_ranks(result, memory, out, local_failure)
     return result
+
+
+def _record_ranks(result: dict[str, Any], memory: PeakMemory, out: Path, local_failure: bool) -> None:
+    """Add every rank's peak memory (a collective) and write result.json on rank 0. After an exception of
+    this rank alone (or a broken collective) no collective runs: the rank that failed first is named through
+    the run directory (:func:`~lorafa_repro.distributed.share_failure`), rank 0 and that rank write
+    result.json with its status and reason, and the group is torn down so that no rank waits for a timeout."""
+    rank, world = dist.rank_and_world()
+    ranks = [memory.summary()]
+    if world > 1 and not local_failure:
+        try:
+            ranks = dist.gather_object(ranks[0])
+        except RuntimeError as e:  # a peer died after this rank's last step
+            result["status"], result["error"] = "failed", one_line(e)
+            local_failure = True
+    if world > 1 and local_failure:
+        with _stop_signals_ignored():  # torchrun SIGTERMs the survivors once a rank exits: record first
+            first = dist.share_failure(out, result["status"], result["error"])
+            if first["rank"] != rank:  # this rank saw the broken collective; the cause is the other rank's
+                result["error_on_rank_0"] = result["error"]
+                result["status"], result["error"] = first["status"], f"rank {first['rank']} failed: {first['error']}"
+            result["failed_rank"], result["world_size"] = first["rank"], world
+            result["memory"].update(ranks[0])
+            result["memory"]["per_rank"] = None  # not gathered: a rank failed, the group may be broken
+            if rank == 0 or first["rank"] == rank:  # rank 0 may be gone already: the failing rank records too
+                write_json_atomic(out / "result.json", result)
+            dist.abort()
+        return
+    result["memory"].update(ranks[0])
+    if len(ranks) > 1:
+        result["memory"]["per_rank"] = ranks
+        key = "peak_allocated_bytes" if "peak_allocated_bytes" in ranks[0] else "peak_rss_bytes"
+        result["memory"][f"max_over_ranks_{key}"] = max(r[key] for r in ranks)
+        result["world_size"] = len(ranks)
+    if rank == 0:
+        write_json_atomic(out / "result.json", result)
+
+
+@contextlib.contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    """SIGTERM/SIGINT are dropped meanwhile (torchrun SIGKILLs a worker that outlives its grace period)."""
+    old = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

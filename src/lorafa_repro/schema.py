@@ -152,7 +152,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     # Under torchrun with WORLD_SIZE > 1: ddp (replicated model) | fsdp (sharded). Ignored in one process.
     parallel: str = "ddp"
-    # Fault injection for testing sweeps: "<nan|oom|error|sigterm|kill>@<step>" (faults.py); null = none
+    # Fault injection for testing sweeps: "<nan|oom|error|sigterm|kill>@<step>[:rank<k>]" (faults.py); null = none
     # (the env var LORAFA_FAULT is read instead).
     fault: Optional[str] = None
 

@@ -140,9 +140,10 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
                device: torch.device, memory: PeakMemory, log: MetricsLog, seed: int,
                out_dir: Path | None = None, resume: dict[str, Any] | None = None,
                checkpoint_extra: dict[str, Any] | None = None) -> LoopOutcome:
-    """Train ``model`` on ``task``; with ``out_dir``, each evaluation's per-example predictions go to
-    ``out_dir/predictions/step_<N>.jsonl`` (the final one is named in ``final["predictions_file"]``) and
-    checkpoints to ``out_dir/checkpoints/`` (``checkpoint_extra``, e.g. the config, is stored in each).
+    """Train ``model`` on ``task``; with ``out_dir`` (the same on every rank; rank 0 writes), each
+    evaluation's per-example predictions go to ``out_dir/predictions/step_<N>.jsonl`` (the final one is named
+    in ``final["predictions_file"]``) and checkpoints to ``out_dir/checkpoints/`` (``checkpoint_extra``, e.g.
+    the config, is stored in each).
     ``resume`` is a loaded checkpoint to continue from."""
     train_data = task.train_dataset(tokenizer)
     if not train_data:
@@ -165,7 +166,7 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
     else:
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
     params = [p for p in model.parameters() if p.requires_grad]
-    inject = FaultInjector(getattr(trainer, "fault", None), out_dir)
+    inject = FaultInjector(getattr(trainer, "fault", None), out_dir, rank)
     is_main = rank == 0
 
     def evaluate(step: int) -> dict[str, Any]:
@@ -183,7 +184,7 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
     losses: list[float] = []
     if resume is not None:
         ckpt.load_trainable_state(model, resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        ckpt.load_optimizer_state(model, optimizer, resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
@@ -199,15 +200,17 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
         ckpt.set_rng_state(resume["rng"][rank] if isinstance(resume["rng"], list) else resume["rng"])
 
     def save(step: int) -> Path | None:
+        """Every rank calls this (gathering RNG states, and FSDP shards, is collective); rank 0 writes."""
         if out_dir is None:
             return None
-        if world > 1 and getattr(trainer, "parallel", "ddp") == "fsdp":
-            raise NotImplementedError("checkpoints of an FSDP run (sharded optimizer state) are not written yet. "
-                                      "Fix: trainer.checkpoint_every=0 with trainer.parallel=fsdp, or parallel=ddp")
         rngs = dist.gather_object(ckpt.rng_state())
+        sharded = ckpt.is_sharded(model)
+        if not (is_main or sharded):
+            return None
+        weights, optimizer_state = ckpt.trainable_state(model), ckpt.optimizer_state(model, optimizer)
         if not is_main:
             return None
-        state = {"step": step, "model": ckpt.trainable_state(model), "optimizer": optimizer.state_dict(),
+        state = {"step": step, "model": weights, "optimizer": optimizer_state,
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                  "rng": rngs if world > 1 else rngs[0], "world_size": world,
                  "loop": {"best": best, "best_step": best_step, "losses": losses, "tokens": tokens_total,
