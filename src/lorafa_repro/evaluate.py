@@ -5,7 +5,8 @@ The same configs and overrides as ``lorafa_repro.train``; the model is built as 
 row of a fine-tuning comparison (e.g. the pretrained model's perplexity at a long context, with and without
 position interpolation). Writes ``result.json`` (kind ``eval``, metrics.final = the task's evaluation, the
 predictions file beside it) to ``output_dir`` (null: Hydra's run directory); with ``skip_if_done`` a successful
-result of the same config and code there is returned as it is. Exit code 2 on a bad config.
+result of the same model, task, seed, evaluation settings and code there is returned as it is (method, optim
+and the training-only trainer keys are ignored). Exit code 2 on a bad config.
 """
 
 from __future__ import annotations
@@ -25,12 +26,24 @@ from lorafa_repro.train import CONF_DIR
 register_configs()
 
 
+#: trainer keys an evaluation reads; the rest of trainer, and method / optim, do not change what it computes
+EVAL_TRAINER_KEYS = ("eval_batch_size", "precision", "device")
+
+
+def eval_invariant_keys(cfg: DictConfig) -> tuple[str, ...]:
+    """Config keys whose values do not change an untrained evaluation (a stored one differing only there is reused)."""
+    from lorafa_repro.run import RUN_INVARIANT_KEYS
+
+    trainer = tuple(f"trainer.{k}" for k in cfg.trainer.keys() if k not in EVAL_TRAINER_KEYS)
+    return (*RUN_INVARIANT_KEYS, "method", "optim", *trainer)
+
+
 def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Validate, build the task, tokenizer and model, evaluate once; write and return ``result.json``."""
     from lorafa_repro.memory.peak import PeakMemory
     from lorafa_repro.models import build_model, build_tokenizer, count_parameters
     from lorafa_repro.results import is_done, new_result, read_result, write_json_atomic
-    from lorafa_repro.run import RUN_INVARIANT_KEYS, code_fingerprint, set_seed
+    from lorafa_repro.run import code_fingerprint, set_seed
     from lorafa_repro.schema import validate
     from lorafa_repro.tasks import DataNotFoundError, build_task
     from lorafa_repro.trainer import autocast_factory, resolve_device, resolve_precision
@@ -38,7 +51,7 @@ def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any
     validate(cfg)
     out = Path(output_dir)
     config = {**OmegaConf.to_container(cfg, resolve=True), "code": code_fingerprint()}
-    if cfg.skip_if_done and is_done(out, config, ignore=RUN_INVARIANT_KEYS):
+    if cfg.skip_if_done and is_done(out, config, ignore=eval_invariant_keys(cfg)):
         return read_result(out / "result.json")
     device = resolve_device(cfg.trainer.device)
     set_seed(cfg.seed)
