@@ -96,9 +96,36 @@ def build_config(model_cfg: Any, *, num_labels: int | None = None) -> Pretrained
             cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = PAD_ID, EOS_ID, BOS_ID
             if cfg.is_encoder_decoder:
                 cfg.decoder_start_token_id = PAD_ID
-        return cfg
+        return apply_rope_scaling(cfg, getattr(model_cfg, "rope_scaling_factor", None))
     kwargs = {"gguf_file": model_cfg.gguf_file} if model_cfg.gguf_file else {}
-    return AutoConfig.from_pretrained(model_cfg.path, **kwargs, **extra)
+    cfg = AutoConfig.from_pretrained(model_cfg.path, **kwargs, **extra)
+    return apply_rope_scaling(cfg, getattr(model_cfg, "rope_scaling_factor", None))
+
+
+#: model types whose rotary embedding reads ``config.rope_parameters`` the LLaMA way
+ROPE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def apply_rope_scaling(config: PretrainedConfig, factor: float | None) -> PretrainedConfig:
+    """Position interpolation (Chen et al. 2023, used by LongLoRA): linear RoPE scaling by ``factor``, i.e.
+    position p is rotated as p / factor, so a context ``factor`` x the training context maps onto the trained
+    range of angles. Sets transformers' ``config.rope_parameters`` (rope_type ``linear``, the base theta kept);
+    ``None`` leaves the config as it is. LLaMA-architecture configs with plain (``default``) RoPE only."""
+    if factor is None:
+        return config
+    if factor < 1:
+        raise ValueError(f"model.rope_scaling_factor must be >= 1, got {factor}. Fix: model.rope_scaling_factor=2.0")
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ROPE_MODEL_TYPES:
+        raise ValueError(f"model.rope_scaling_factor needs a LLaMA-architecture decoder ({', '.join(ROPE_MODEL_TYPES)}),"
+                         f" got {model_type}. Fix: model.rope_scaling_factor=null")
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if params.get("rope_type", "default") != "default":
+        raise ValueError(f"model.rope_scaling_factor: the model already scales RoPE ({params}). "
+                         "Fix: model.rope_scaling_factor=null")
+    params.update(rope_type="linear", factor=float(factor))
+    config.rope_parameters = params
+    return config
 
 
 def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerFast:

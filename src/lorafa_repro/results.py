@@ -1,7 +1,7 @@
 """One ``result.json`` per run plus a per-step ``metrics.jsonl``; analysis reads only these files.
 
 ``result.json`` keys (schema_version 1):
-  schema_version, kind ("train" | "memory_probe"),
+  schema_version, kind ("train" | "memory_probe" | "eval": an untrained model scored, lorafa_repro.evaluate),
   status ("success" | "failed" | "oom" | "diverged" | "interrupted" | "running"),
   error (null or a one-line reason; set for every status but success and running), config (resolved), metrics {final, best, best_step, main_metric},
   memory {...}, params {trainable, total}, timing {wall_s, train_s, steps, ...},

@@ -35,11 +35,14 @@ class ModelConfig:
     gguf_file: Optional[str] = None
     # Names of the linear layers that make up "all linear layers of the transformer blocks".
     default_target_modules: list[str] = field(default_factory=list)
+    # RoPE position interpolation (LongLoRA's context extension): linear scaling by this factor (>= 1), e.g. the
+    # new context / the training context; LLaMA-architecture decoders only (models.apply_rope_scaling). null = off.
+    rope_scaling_factor: Optional[float] = None
 
 
 @dataclass
 class TaskConfig:
-    # glue | wmt16 | instruct
+    # glue | wmt16 | instruct | lm
     family: str = MISSING
     name: str = MISSING
     # Local folder in the original distribution layout; null = download from the Hub.
@@ -88,6 +91,14 @@ class TaskConfig:
     mmlu_eval_limit_per_subject: Optional[int] = None
     # macro (mean over subjects, QLoRA's callback) | micro (over questions, lm-eval's mmlu); becomes `score`
     mmlu_average: str = "macro"
+
+    # --- lm family (tasks/lm.py): plain language modelling on raw text, full chunks of max_seq_len tokens ---
+    # local text: data_dir + train_file; Hub (data_dir null): hub_dataset, this config / split / text field
+    hub_config: Optional[str] = None
+    hub_split: str = "train"
+    text_field: str = "text"
+    # held-out perplexity also at these chunk lengths (same held-out tokens re-cut), e.g. [2048, 8192]
+    eval_seq_lens: list[int] = field(default_factory=list)
 
 
 
@@ -257,6 +268,14 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
                 f"no shipped architecture config {mo.path!r}. Fix: model.path=<one of "
                 f"{', '.join(shipped_config_names())}> or model.source=pretrained"
             )
+
+    if mo.rope_scaling_factor is not None:
+        if mo.rope_scaling_factor < 1:
+            raise ConfigError(f"model.rope_scaling_factor must be >= 1 (the new context / the trained one), got "
+                              f"{mo.rope_scaling_factor}. Fix: model.rope_scaling_factor=2.0 (or null)")
+        if mo.arch != "decoder":
+            raise ConfigError(f"model.rope_scaling_factor needs a decoder (LLaMA-architecture) model, this one is "
+                              f"{mo.arch}. Fix: model.rope_scaling_factor=null")
 
     _one_of(t.family, "task.family", tuple(FAMILY_ARCHS))
     if t.name not in known_tasks(t.family):

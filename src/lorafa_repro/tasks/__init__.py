@@ -22,6 +22,7 @@ from lorafa_repro.tasks.glue_data import DataNotFoundError
 FAMILIES: dict[str, str] = {
     "glue": "lorafa_repro.tasks.glue",
     "instruct": "lorafa_repro.tasks.instruct",
+    "lm": "lorafa_repro.tasks.lm",
     "wmt16": "lorafa_repro.tasks.wmt16",
 }
 
@@ -29,6 +30,7 @@ FAMILIES: dict[str, str] = {
 FAMILY_ARCHS: dict[str, tuple[str, ...]] = {
     "glue": ("encoder",),
     "instruct": ("decoder",),
+    "lm": ("decoder",),
     "wmt16": ("encoder_decoder", "decoder"),
 }
 
