@@ -41,11 +41,10 @@ def eval_invariant_keys(cfg: DictConfig) -> tuple[str, ...]:
 def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Validate, build the task, tokenizer and model, evaluate once; write and return ``result.json``."""
     from lorafa_repro.memory.peak import PeakMemory
-    from lorafa_repro.models import build_model, build_tokenizer, count_parameters
+    from lorafa_repro.models import build_model, count_parameters
     from lorafa_repro.results import is_done, new_result, read_result, write_json_atomic
-    from lorafa_repro.run import code_fingerprint, set_seed
+    from lorafa_repro.run import code_fingerprint, one_line, prepare_task, set_seed
     from lorafa_repro.schema import validate
-    from lorafa_repro.tasks import DataNotFoundError, build_task
     from lorafa_repro.trainer import autocast_factory, resolve_device, resolve_precision
 
     validate(cfg)
@@ -55,12 +54,7 @@ def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any
         return read_result(out / "result.json")
     device = resolve_device(cfg.trainer.device)
     set_seed(cfg.seed)
-    task = build_task(cfg.task, seed=cfg.seed)
-    tokenizer = build_tokenizer(cfg.model)
-    try:
-        task.prepare(tokenizer)
-    except DataNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    task, tokenizer = prepare_task(cfg)
     memory = PeakMemory(device)
     memory.reset()
     result = new_result("eval", config)
@@ -83,7 +77,7 @@ def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any
         result["timing"] = {"eval_s": time.perf_counter() - t_eval}
         result["status"] = "success"
     except BaseException as e:
-        result["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        result["error"] = one_line(e)
         result["status"] = "failed"
         raise
     finally:

@@ -93,6 +93,24 @@ def check_target_modules(cfg: DictConfig) -> None:
                           f"from that list") from None
 
 
+def prepare_task(cfg: DictConfig) -> tuple[Any, Any]:
+    """The task and tokenizer with the data loaded, before any weights: missing or unusable data is one
+    ConfigError (nothing written yet)."""
+    task = build_task(cfg.task, seed=cfg.seed)
+    tokenizer = build_tokenizer(cfg.model)
+    try:
+        task.prepare(tokenizer)
+    except DataNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
+        if cfg.task.data_dir is None:
+            raise
+        msg = str(e) if "Fix:" in str(e) else (f"cannot read the local data under {cfg.task.data_dir} "
+                                               f"({one_line(e)}). Fix: check task.data_dir and its files' format")
+        raise ConfigError(msg) from None
+    return task, tokenizer
+
+
 def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[str, Any] | None,
                                                                           dict[str, Any] | None]:
     """``(stored result to reuse, checkpoint to resume)`` for ``out``; clears what belongs to another
@@ -145,18 +163,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         dist.clear_failure(out)
     dist.barrier()
     set_seed(cfg.seed)
-    task = build_task(cfg.task, seed=cfg.seed)
-    tokenizer = build_tokenizer(cfg.model)
-    try:  # data before weights: missing or unusable data fails fast, and nothing is written
-        task.prepare(tokenizer)
-    except DataNotFoundError as e:
-        raise ConfigError(str(e)) from None
-    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
-        if cfg.task.data_dir is None:
-            raise
-        msg = str(e) if "Fix:" in str(e) else (f"cannot read the local data under {cfg.task.data_dir} "
-                                               f"({one_line(e)}). Fix: check task.data_dir and its files' format")
-        raise ConfigError(msg) from None
+    task, tokenizer = prepare_task(cfg)
 
     memory = PeakMemory(device)
     memory.reset()
