@@ -2,6 +2,17 @@
 
 Which layers: every linear of the transformer blocks except the model's ``_keep_in_fp32_modules`` (T5's
 ``wo``), which stay unquantized in fp32 as transformers' 4-bit loading leaves them (:func:`nf4_targets`).
+
+One code path on every CPU. bitsandbytes (>= 0.49) has a second CPU path: on a CPU with AVX512-BF16
+(``bitsandbytes.functional.has_avx512bf16``) ``Linear4bit.forward`` repacks its weight for a fused bf16 kernel at
+the first forward that is not training and needs no gradient (an evaluation), and keeps it packed. For a model
+that trains, that path is wrong three ways: the repacking needs ``in_features % blocksize == 0`` and
+``out_features % 32 == 0`` (the tiny test models fail with ``shape '[32, 0]' is invalid``); after an evaluation,
+training runs on the packed weight with no autograd (an in-place error on the bias, or no gradient to the input);
+and packing stores absmax in bf16, so unpacking does not give back the weight that trained. So
+:func:`quantize_linears_4bit` turns that path off per layer (``support_avx512bf16_for_cpu = False``): evaluation
+computes as training does, in the layer's compute dtype, and QLoRA's numbers are the same on a CPU with or
+without AVX512-BF16. CUDA never takes either CPU path.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ def quantize_linears_4bit(model: nn.Module, target_modules: list[str], compute_d
         )
         if lin.bias is not None:
             q.bias = nn.Parameter(lin.bias.data.to(compute_dtype), requires_grad=False)
+        q.support_avx512bf16_for_cpu = False  # one CPU path on every CPU (module docstring)
         setattr(parent, child, q.to(device))  # .to() quantizes
     return model
 
