@@ -257,7 +257,7 @@ def summary_notes(points: list[dict[str, Any]], budget_gb: float) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lorafa_repro.results import quiet_known_warnings
+    from lorafa_repro.quiet import quiet_known_warnings
 
     quiet_known_warnings()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -62,7 +62,8 @@ def g(n: float | int | None) -> str:
 
 
 def main() -> int:
-    from lorafa_repro.results import quiet_known_warnings, write_json_atomic
+    from lorafa_repro.quiet import quiet_known_warnings
+    from lorafa_repro.results import write_json_atomic
 
     quiet_known_warnings()
     rows = []

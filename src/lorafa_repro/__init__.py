@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorafa_repro.quiet import quiet_known_warnings
+
+# Before anything imports bitsandbytes, which logs one of these at import time (quiet.py says what each one is).
+quiet_known_warnings()
+
 __version__ = "0.1.0"
 
 __all__ = ["METHODS", "__version__", "apply_method"]

@@ -89,7 +89,7 @@ def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from lorafa_repro.results import quiet_known_warnings
+    from lorafa_repro.quiet import quiet_known_warnings
 
     quiet_known_warnings()
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir

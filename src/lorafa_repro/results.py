@@ -26,13 +26,6 @@ STATUSES = ("success", "failed", "oom", "diverged", "interrupted", "running")
 REQUIRED_KEYS = ("schema_version", "kind", "status", "config", "metrics", "memory", "params", "timing", "env")
 
 
-def quiet_known_warnings() -> None:
-    """Silence library warnings that repeat on every model build and say nothing about the run (CLIs only)."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -52,7 +52,7 @@ def _record_config_error(output_dir: str, cfg: DictConfig, error: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from lorafa_repro.results import quiet_known_warnings
+    from lorafa_repro.quiet import quiet_known_warnings
     from lorafa_repro.run import run
     from lorafa_repro.trainer import Diverged, Interrupted
 

@@ -133,7 +133,7 @@ def checkpointing_checks(models: list[str], probes: Path, budget_gb: float) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lorafa_repro.results import quiet_known_warnings
+    from lorafa_repro.quiet import quiet_known_warnings
 
     quiet_known_warnings()
     p = argparse.ArgumentParser(prog="python3 -m lorafa_repro.memory.gpu_check", description=__doc__.split("\n\n")[0])

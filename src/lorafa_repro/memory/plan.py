@@ -251,7 +251,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lorafa_repro.results import quiet_known_warnings, write_json_atomic
+    from lorafa_repro.quiet import quiet_known_warnings
+    from lorafa_repro.results import write_json_atomic
     from lorafa_repro.schema import ConfigError
 
     quiet_known_warnings()

@@ -157,7 +157,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lorafa_repro.results import quiet_known_warnings
+    from lorafa_repro.quiet import quiet_known_warnings
 
     quiet_known_warnings()
     a = _parse_args(argv)

@@ -209,7 +209,7 @@ def render(out_dir: Path, budget_gb: float | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lorafa_repro.results import quiet_known_warnings
+    from lorafa_repro.quiet import quiet_known_warnings
 
     quiet_known_warnings()
     p = argparse.ArgumentParser(prog="python -m lorafa_repro.memory.table4", description=__doc__.split("\n\n")[0])
