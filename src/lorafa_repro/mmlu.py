@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -379,7 +380,8 @@ def load_model(model: str, *, gguf_file: str | None = None, adapter: str | None 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m lorafa_repro.mmlu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="Hugging Face Hub id or local directory")
+    p.add_argument("--model", required=True, help="Hugging Face Hub id or local directory; a Hub id that a pip "
+                   "package of `make install-extras` carries (HuggingFaceTB/SmolLM2-135M-Instruct) loads from it")
     p.add_argument("--gguf-file", default=None, help="a GGUF file inside --model (dequantized to --dtype on load)")
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory to apply")
     p.add_argument("--data-dir", default=None, help="local MMLU folder (dev/, test/ CSVs; either format); "
@@ -410,14 +412,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         a.dtype, torch.bfloat16 if device == "cuda" else torch.float32)
     from lorafa_repro.results import env_info, write_json_atomic
 
+    from lorafa_repro.local_models import check_reachable, resolve
+
+    path, gguf_file = resolve(a.model, a.gguf_file)  # a pip-packaged model (make install-extras) by its Hub id
+    try:
+        check_reachable(path, override="--model")
+    except FileNotFoundError as e:
+        print(f"python -m lorafa_repro.mmlu: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     t0 = time.perf_counter()
-    model, tok = load_model(a.model, gguf_file=a.gguf_file, adapter=a.adapter, device=device, dtype=dtype)
+    model, tok = load_model(path, gguf_file=gguf_file, adapter=a.adapter, device=device, dtype=dtype)
     load_s = time.perf_counter() - t0
     res = evaluate_mmlu(model, tok, data_dir=a.data_dir, split=a.split, subjects=a.subjects,
                         limit_per_subject=a.limit_per_subject, k_shot=a.k_shot, max_len=a.max_len,
                         batch_size=a.batch_size, device=device, share_prefix=not a.no_share_prefix)
     out = {"kind": "mmlu_eval", "name": a.name or Path(a.model.rstrip("/")).name, "model": a.model,
-           "gguf_file": a.gguf_file, "adapter": a.adapter,
+           "loaded_from": path, "gguf_file": gguf_file, "adapter": a.adapter,
            "data_dir": a.data_dir, "dtype": str(dtype).replace("torch.", ""), "device": device,
            "load_s": load_s, **res, "env": env_info()}
     write_json_atomic(a.out, out)

@@ -34,6 +34,7 @@ from lorafa_repro.results import (
     try_read_result,
     write_json_atomic,
 )
+from lorafa_repro.local_models import check_reachable
 from lorafa_repro.schema import ConfigError, TrainConfig, validate
 from lorafa_repro.tasks import DataNotFoundError, build_task
 from lorafa_repro.trainer import Diverged, Interrupted, resolve_device, resolve_precision, train_loop
@@ -97,6 +98,11 @@ def prepare_task(cfg: DictConfig) -> tuple[Any, Any]:
     """The task and tokenizer with the data loaded, before any weights: missing or unusable data is one
     ConfigError (nothing written yet)."""
     task = build_task(cfg.task, seed=cfg.seed)
+    if cfg.model.source == "pretrained":
+        try:
+            check_reachable(cfg.model.path)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
     tokenizer = build_tokenizer(cfg.model)
     try:
         task.prepare(tokenizer)

@@ -15,6 +15,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lorafa_repro.local_models import register_resolvers
+
 
 class ConfigError(ValueError):
     """A value a user can fix with an override; the message says which one."""
@@ -187,7 +189,9 @@ class TrainConfig:
 
 
 def register_configs() -> None:
+    """The typed schema, and the resolvers the model configs use to find pip-packaged models (local_models.py)."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    register_resolvers()
 
 
 ARCHS = ("encoder", "encoder_decoder", "decoder")
