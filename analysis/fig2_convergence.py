@@ -144,8 +144,10 @@ def plot(curves: dict[Key, list[dict[int, float]]], tasks: list[str], model: str
     fig.suptitle("Figure 2: convergence of FT, LoRA and LoRA-FA", fontsize=10)
     fig.tight_layout()
     paths = [out / "fig2_convergence.pdf", out / "fig2_convergence.png"]
+    from lorafa_repro.results import save_figure
+
     for p in paths:
-        fig.savefig(p, dpi=150)
+        save_figure(fig, p, dpi=150)
     plt.close(fig)
     return paths
 

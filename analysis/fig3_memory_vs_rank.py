@@ -173,8 +173,10 @@ def plot(out: Path, budget_gb: float) -> list[Path]:
     fig.suptitle(f"Figure 3: peak memory vs rank ({', '.join(backends)}, {DTYPE})", fontsize=10)
     fig.tight_layout()
     paths = [out / "fig3_memory_vs_rank.pdf", out / "fig3_memory_vs_rank.png"]
+    from lorafa_repro.results import save_figure
+
     for p in paths:
-        fig.savefig(p, dpi=150)
+        save_figure(fig, p, dpi=150)
     plt.close(fig)
     return paths
 

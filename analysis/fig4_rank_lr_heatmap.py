@@ -106,8 +106,10 @@ def plot(grid: pd.DataFrame, model: str, task: str, out: Path) -> list[Path]:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label="score (%)")
     fig.suptitle(f"Figure 4: {task.upper()} score over rank x learning rate, {model}", fontsize=10)
     paths = [out / "fig4_rank_lr_heatmap.pdf", out / "fig4_rank_lr_heatmap.png"]
+    from lorafa_repro.results import save_figure
+
     for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        save_figure(fig, p, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return paths
 

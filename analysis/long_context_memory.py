@@ -65,10 +65,23 @@ def cell_dir(out: Path, row: Row, cfg: ProbeConfig) -> Path:
     return out / f"{cfg.model}__s{cfg.seq_len}__{cfg.attn}__{ckpt}__{row.key}"
 
 
+def is_stored(path: Path, cfg: ProbeConfig) -> bool:
+    """True if ``path`` holds this cell. Keys added to ProbeConfig since the cell ran take their defaults (the
+    value it was computed with), so an unchanged cell compares equal and is not recomputed."""
+    if not path.exists():
+        return False
+    probe = json.loads(path.read_text())["config"].get("probe")
+    try:
+        stored = ProbeConfig(**probe).to_dict() if isinstance(probe, dict) else None
+    except TypeError:  # a key ProbeConfig no longer has
+        return False
+    return json.loads(json.dumps(stored)) == json.loads(json.dumps(cfg.to_dict()))  # tuples and lists alike
+
+
 def run_cells(todo: list[tuple[Row, ProbeConfig]], out: Path, *, force: bool = False) -> None:
     for row, cfg in todo:
         path = cell_dir(out, row, cfg) / "result.json"
-        if not force and path.exists() and json.loads(path.read_text())["config"].get("probe") == cfg.to_dict():
+        if not force and is_stored(path, cfg):
             continue
         t0 = time.perf_counter()
         result = run_probe(cfg, "simulate", extra_config={"table": "long_context", "row": row.key,

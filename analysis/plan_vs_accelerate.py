@@ -11,6 +11,7 @@ Writes comparison.json and comparison.md next to the configs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,10 +52,21 @@ def our_numbers(config_dir: Path) -> dict[str, Any]:
     from lorafa_repro.memory.plan import plan
 
     t0 = time.perf_counter()
+    config_dir = config_dir.relative_to(ROOT)  # main() runs in ROOT: no machine's absolute path in the output
     bf16 = plan(str(config_dir), METHODS, budget_gb=BUDGET_GB, seq_len=SEQ_LEN, batch_size=BATCH, dtype="bf16",
                 rank=RANK)
     mixed_ft = plan(str(config_dir), ["ft"], budget_gb=BUDGET_GB, seq_len=SEQ_LEN, batch_size=BATCH, dtype="mixed")
-    return {"bf16": bf16, "mixed_ft": mixed_ft["methods"][0], "wall_s": round(time.perf_counter() - t0, 1)}
+    print(f"  planned in {time.perf_counter() - t0:.1f} s", flush=True)  # not stored: same inputs, same bytes
+    return _without_timing({"bf16": bf16, "mixed_ft": mixed_ft["methods"][0]})
+
+
+def _without_timing(value: Any) -> Any:
+    """``value`` less the planner's ``wall_s`` entries, at any depth (timings differ run to run)."""
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items() if k != "wall_s"}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
 
 
 def g(n: float | int | None) -> str:
@@ -66,6 +78,7 @@ def main() -> int:
     from lorafa_repro.results import write_json_atomic
 
     quiet_known_warnings()
+    os.chdir(ROOT)
     rows = []
     for config_dir in sorted(p for p in (OUT / "configs").iterdir() if (p / "config.json").exists()):
         source = json.loads((config_dir / "config.json").read_text()).get("_source", "?")
@@ -73,7 +86,7 @@ def main() -> int:
         ours = our_numbers(config_dir)
         print(f"{config_dir.name}: accelerate fp16 training {g(acc['float16']['training_adam_bytes'])} GiB | ours "
               + ", ".join(f"{r['method']} {r['peak_gib']:.2f}" for r in ours["bf16"]["methods"])
-              + f" GiB | {ours['wall_s']} s", flush=True)
+              + f" GiB", flush=True)
         rows.append({"name": config_dir.name, "source": source, "accelerate": acc, "ours": ours})
     write_json_atomic(OUT / "comparison.json", {"seq_len": SEQ_LEN, "batch_size": BATCH, "rank": RANK,
                                                  "budget_gb": BUDGET_GB, "models": rows})

@@ -183,14 +183,37 @@ def try_read_result(path: str | Path) -> tuple[dict[str, Any] | None, str | None
 
 
 def fingerprint_files(files: Iterable[Path]) -> str:
-    """Short hash of the names and bytes of ``files``, in the given order (the code a stored number depends
-    on; Table 4's ``code_fingerprint`` and the training runs' ``config.code`` both use it)."""
+    """Short hash of the names and code of ``files``, in the given order (the code a stored number depends on;
+    Table 4's ``code_fingerprint`` and the training runs' ``config.code`` both use it). A Python file counts by
+    its syntax tree without docstrings, so an edit of comments or docs recomputes nothing."""
     import hashlib
 
     h = hashlib.sha1()
     for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+        h.update(f.name.encode() + b"\0" + (_code_of(f.read_text()) if f.suffix == ".py" else f.read_bytes()))
     return h.hexdigest()[:12]
+
+
+def _code_of(source: str) -> bytes:
+    """The syntax tree of ``source`` without its docstrings (comments are never in it), as bytes."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
+def save_figure(fig: Any, path: Path, **kwargs: Any) -> Path:
+    """``fig.savefig`` with no time stamp in the file (a PDF's CreationDate), so that rendering the same inputs
+    again writes the same bytes and leaves a checkout clean."""
+    metadata = {"CreationDate": None} if Path(path).suffix == ".pdf" else {}
+    fig.savefig(path, metadata=metadata, **kwargs)
+    return Path(path)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
