@@ -84,6 +84,7 @@ def apply_method(
     adapter_train_norms: bool = True,
     s2_attn: bool = False,
     s2_group_fraction: float = 0.25,
+    s2_shift: str = "offset",
     trainable_extra: list[str] | tuple[str, ...] | None = None,
 ) -> nn.Module:
     """Adapt ``model`` with ``method`` and return the model to train.
@@ -93,14 +94,15 @@ def apply_method(
     full besides the adapters; ``None`` = the model's classification head if it has one.
     ``adapter_nonlinearity`` / ``adapter_train_norms``: method=adapter only (methods/adapter.py).
     ``s2_attn``: LongLoRA's shifted sparse attention in training (LLaMA-architecture models, any method),
-    groups of ``s2_group_fraction`` of the sequence; ``trainable_extra``: ``embed`` and/or ``norm`` trained in
+    groups of ``s2_group_fraction`` of the sequence, the shifted heads partitioned by ``s2_shift`` (``offset``,
+    causal, or ``roll``, the paper's pseudo-code); ``trainable_extra``: ``embed`` and/or ``norm`` trained in
     full besides the method's own parameters (LongLoRA trains both); see methods/long_context.py.
     """
     from lorafa_repro.methods.long_context import enable_s2_attn, train_extra
 
     spec = get_method(method)
     if s2_attn:
-        enable_s2_attn(model, s2_group_fraction)
+        enable_s2_attn(model, s2_group_fraction, s2_shift)
     if not spec.uses_adapters:
         return train_extra(spec.apply(model), trainable_extra)
     if rank is None or rank <= 0:
@@ -120,7 +122,8 @@ def apply_method(
 
 
 #: MethodConfig keys passed to :func:`apply_method` as keyword options (besides rank, alpha, dropout, targets)
-OPTION_KEYS = ("adapter_nonlinearity", "adapter_train_norms", "s2_attn", "s2_group_fraction", "trainable_extra")
+OPTION_KEYS = ("adapter_nonlinearity", "adapter_train_norms", "s2_attn", "s2_group_fraction", "s2_shift",
+               "trainable_extra")
 
 
 def method_options(method_cfg: Any) -> dict[str, Any]:
