@@ -118,6 +118,9 @@ class MethodConfig:
     # blocks' normalization layers are trained (Houlsby et al.) or frozen.
     adapter_nonlinearity: str = "gelu"
     adapter_train_norms: bool = True
+    # method=adapter only: also train the embeddings' LayerNorm (BERT/RoBERTa; T5/LLaMA have none), as Houlsby's
+    # adapter-bert code does (it trains every LayerNorm); true by default so the baseline is Houlsby's
+    adapter_train_embed_norm: bool = True
     # LongLoRA (methods/long_context.py), any method on a decoder: shifted sparse attention in training, groups of
     # s2_group_fraction x the sequence (1/k); trainable_extra: [embed, norm] trained in full as well.
     s2_attn: bool = False

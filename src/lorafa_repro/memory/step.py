@@ -93,6 +93,7 @@ class ProbeConfig:
     trainable_extra: tuple[str, ...] = ()
     adapter_nonlinearity: str = "gelu"
     adapter_train_norms: bool = True
+    adapter_train_embed_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -339,7 +340,8 @@ def apply_probe_method(model: nn.Module, cfg: ProbeConfig, *, simulate_4bit: boo
                         target_modules=targets, compute_dtype=compute_dtype(cfg.dtype), s2_attn=cfg.s2_attn,
                         s2_group_fraction=cfg.s2_group_fraction, s2_shift=cfg.s2_shift,
                         trainable_extra=list(cfg.trainable_extra),
-                        adapter_nonlinearity=cfg.adapter_nonlinearity, adapter_train_norms=cfg.adapter_train_norms)
+                        adapter_nonlinearity=cfg.adapter_nonlinearity, adapter_train_norms=cfg.adapter_train_norms,
+                        adapter_train_embed_norm=cfg.adapter_train_embed_norm)
 
 
 def build_on_device(cfg: ProbeConfig, device: torch.device) -> nn.Module:
