@@ -167,7 +167,8 @@ LONG_CTX_OUT = results/long_context_smollm2
 # 12288-token step's RSS otherwise grows with every block, 0.17 GB per block at 4096 tokens, and was OOM-killed at 22 GB)
 LONG_CTX_RUN = $(SMOLLM2_ENV) LORAFA_WMT16_DIR=$(or $(LORAFA_WMT16_DIR),../shared/data/wmt16_en_ro) OMP_NUM_THREADS=1 \
   MKL_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=65536 $(PYTHON) -m
-# the sweep trains method=lora (LongLoRA) and method=lora_fa (LongLoRA-FA) into raw/longlora and raw/longlora_fa
+# the sweep trains method=lora (LongLoRA) and method=lora_fa (LongLoRA-FA) into raw/longlora_offset and
+# raw/longlora_fa_offset (causal S2-Attn; LONG_CTX_EXTRA=method.s2_shift=roll: the paper's pseudo-code -> raw/*_roll)
 LONG_CTX_CFG = --config-dir sweeps --config-name cpu_demo_long_context
 
 cpu-demo-long-context:  ## LongLoRA(-FA) at CPU scale: SmolLM2-135M (8k context) fine-tuned at 12k tokens on Europarl text, perplexity before/after under full attention (~75 min on 2 cores) -> results/long_context_smollm2/
@@ -175,5 +176,5 @@ cpu-demo-long-context:  ## LongLoRA(-FA) at CPU scale: SmolLM2-135M (8k context)
 	$(LONG_CTX_RUN) lorafa_repro.evaluate $(LONG_CTX_CFG) hydra.mode=RUN model.rope_scaling_factor=null \
 	  output_dir=$(LONG_CTX_OUT)/raw/before_no_pi
 	$(LONG_CTX_RUN) lorafa_repro.evaluate $(LONG_CTX_CFG) hydra.mode=RUN output_dir=$(LONG_CTX_OUT)/raw/before_pi
-	$(LONG_CTX_RUN) lorafa_repro.train $(LONG_CTX_CFG)
+	$(LONG_CTX_RUN) lorafa_repro.train $(LONG_CTX_CFG) $(LONG_CTX_EXTRA)
 	$(PYTHON) analysis/long_context_smollm2.py --results $(LONG_CTX_OUT)/raw --out $(LONG_CTX_OUT)

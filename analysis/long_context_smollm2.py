@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 GIB = 2**30
-LABEL = {"lora": "LongLoRA (LoRA + S2-Attn + embed/norm)", "lora_fa": "LongLoRA-FA (LoRA-FA + S2-Attn + embed/norm)"}
+LABEL = {"lora": "LongLoRA (LoRA + S2-Attn {shift} + embed/norm)",
+         "lora_fa": "LongLoRA-FA (LoRA-FA + S2-Attn {shift} + embed/norm)"}
+
+
+def s2_shift(method: dict[str, Any]) -> str | None:
+    """The run's S2-Attn partition; runs stored before ``method.s2_shift`` existed ran ``roll``."""
+    return method.get("s2_shift", "roll") if method.get("s2_attn") else None
 
 
 def row(r: dict[str, Any], run: str) -> dict[str, Any]:
@@ -28,7 +34,9 @@ def row(r: dict[str, Any], run: str) -> dict[str, Any]:
     factor = c["model"].get("rope_scaling_factor")
     out = {
         "run": run,
-        "model": "SmolLM2-135M-Instruct " + (LABEL.get(method["name"], method["name"]) if trained else "(pretrained)"),
+        "model": "SmolLM2-135M-Instruct " + (LABEL.get(method["name"], method["name"]).format(shift=s2_shift(method))
+                                             if trained else "(pretrained)"),
+        "s2_shift": s2_shift(method) if trained else None,
         "context": c["task"]["max_seq_len"],
         "rope_scaling": f"linear x{factor:g}" if factor else "none",
         "steps": r["timing"].get("steps", 0) if trained else 0,
@@ -57,7 +65,7 @@ def load(results: Path) -> list[dict[str, Any]]:
         r = json.loads(path.read_text())
         if r.get("status") == "success":
             rows.append(row(r, path.parent.name))
-    rows.sort(key=lambda x: (x["steps"] > 0, x["rope_scaling"] != "none", x["run"]))
+    rows.sort(key=lambda x: (x["steps"] > 0, x["rope_scaling"] != "none", x["s2_shift"] or "", x["model"]))
     return rows
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -10,8 +12,10 @@ from lorafa_repro import apply_method
 from lorafa_repro.methods.adapter import adapter_sites, load_adapter, save_adapter
 from lorafa_repro.models import model_from_config, shipped_config
 
-FAMILIES = {"roberta": ("tiny-roberta", "encoder", "classification"), "t5": ("tiny-t5", "encoder_decoder", "lm"),
+FAMILIES = {"bert": ("tiny-bert", "encoder", "classification"),
+            "roberta": ("tiny-roberta", "encoder", "classification"), "t5": ("tiny-t5", "encoder_decoder", "lm"),
             "llama": ("tiny-llama", "decoder", "lm")}
+ENCODERS = ("bert", "roberta")
 
 
 def tiny(family: str, seed: int = 0) -> nn.Module:
@@ -22,7 +26,7 @@ def tiny(family: str, seed: int = 0) -> nn.Module:
 
 def batch(family: str) -> dict[str, torch.Tensor]:
     ids = torch.randint(5, 250, (2, 10), generator=torch.Generator().manual_seed(3))
-    return {"input_ids": ids, "labels": torch.tensor([0, 1]) if family == "roberta" else ids}
+    return {"input_ids": ids, "labels": torch.tensor([0, 1]) if family in ENCODERS else ids}
 
 
 def randomize_adapters(model: nn.Module) -> None:
@@ -73,19 +77,51 @@ def test_near_identity_init_and_trainables(family: str) -> None:
     assert (y0 - y1).abs().max() < 1e-3
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     n_blocks = len([n for n in trained if n.endswith("adapters.attn.down.weight")])
-    expected_blocks = {"roberta": 2, "t5": 4, "llama": 2}[family]  # T5: encoder + decoder blocks
+    expected_blocks = {"bert": 2, "roberta": 2, "t5": 4, "llama": 2}[family]  # T5: encoder + decoder blocks
     assert n_blocks == expected_blocks
     assert all(".adapters." in n or "norm" in n.lower() or n.startswith("classifier") for n in trained)
     assert any("norm" in n.lower() for n in trained)
-    assert (family != "roberta") or any(n.startswith("classifier") for n in trained)
+    assert (family not in ENCODERS) or any(n.startswith("classifier") for n in trained)
     # frozen norms by option
-    frozen = apply_method(tiny(family), "adapter", rank=4, alpha=None, adapter_train_norms=False)
+    frozen = apply_method(tiny(family), "adapter", rank=4, alpha=None, adapter_train_norms=False,
+                          adapter_train_embed_norm=False)
     assert not any("norm" in n.lower() for n, p in frozen.named_parameters() if p.requires_grad)
     # gradients reach the first block's adapter
     model.train()
     model(**b).loss.backward()
     first = next(p for n, p in model.named_parameters() if n.endswith("adapters.attn.up.weight"))
     assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+#: the blocks' norm layers and the embeddings' LayerNorm of each family, by parameter name
+BLOCK_NORMS = {"bert": r"bert\.encoder\.layer\.\d\.(attention\.)?output\.LayerNorm\.",
+               "roberta": r"roberta\.encoder\.layer\.\d\.(attention\.)?output\.LayerNorm\.",
+               "t5": r"(encoder|decoder)\.block\.\d\.layer\.\d\.layer_norm\.",
+               "llama": r"model\.layers\.\d\.(input|post_attention)_layernorm\."}
+EMBED_NORMS = {"bert": "bert.embeddings.LayerNorm.", "roberta": "roberta.embeddings.LayerNorm."}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("norms", [True, False])
+@pytest.mark.parametrize("embed_norm", [True, False])
+def test_exactly_the_expected_parameters_train(family: str, norms: bool, embed_norm: bool) -> None:
+    """Adapters, the head, the blocks' norms (option) and the embeddings' LayerNorm (option; BERT/RoBERTa only:
+    T5's and LLaMA's final norms stay frozen), nothing else; Houlsby's count 2L(2dm + d + m) per stack."""
+    model = apply_method(tiny(family), "adapter", rank=4, alpha=None, adapter_train_norms=norms,
+                         adapter_train_embed_norm=embed_norm)
+    names = [n for n, _ in model.named_parameters()]
+    wanted = {n for n in names if ".adapters." in n or n.startswith("classifier.")
+              or (norms and re.match(BLOCK_NORMS[family], n))
+              or (embed_norm and family in EMBED_NORMS and n.startswith(EMBED_NORMS[family]))}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == wanted
+    assert sum(n.startswith(EMBED_NORMS.get(family, "-")) for n in wanted) == (2 if embed_norm and family in
+                                                                               EMBED_NORMS else 0)
+    d, m, blocks = model.config.hidden_size if family != "t5" else model.config.d_model, 4, len(
+        [n for n in names if n.endswith("adapters.attn.down.weight")])
+    assert sum(p.numel() for n, p in model.named_parameters() if ".adapters." in n) == blocks * 2 * (2 * d * m + d + m)
+    model.train()
+    model(**batch(family)).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in wanted)
 
 
 @pytest.mark.parametrize("family", ["t5", "llama"])
@@ -162,4 +198,5 @@ def test_run_with_method_adapter_end_to_end(synthetic_glue, tmp_path) -> None:
     result = run(cfg, tmp_path)
     assert result["status"] == "success"
     d, r, blocks, head = 32, 4, 2, 32 * 32 + 32 + 32 * 2 + 2  # tiny-roberta: hidden 32, 2 layers
-    assert result["params"]["trainable"] == blocks * 2 * (d * r + r + r * d + d) + head
+    embed_norm = 2 * d  # trained by default (method.adapter_train_embed_norm=true), the blocks' norms are off here
+    assert result["params"]["trainable"] == blocks * 2 * (d * r + r + r * d + d) + head + embed_norm

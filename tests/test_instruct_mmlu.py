@@ -118,7 +118,9 @@ def test_letter_tokens_follow_lm_eval_split() -> None:
     assert letters == tuple(tok(x, add_special_tokens=False)["input_ids"][0] for x in "ABCD") and letters[0] == a
 
 
-def test_few_shot_examples_drop_from_the_front(tmp_path: Path) -> None:
+def test_too_long_prompts_keep_the_first_k_dev_examples(tmp_path: Path) -> None:
+    """Over the budget, the prompt keeps the first k dev examples that fit (Hendrycks' evaluate.py): the last
+    examples, next to the question, are the ones dropped."""
     root = _write_mmlu(tmp_path, _answers())
     tok = byte_tokenizer("decoder")
     test, dev = mmlu.load_split(root, "test", ["marketing"]), mmlu.load_split(root, "dev", ["marketing"])

@@ -460,3 +460,34 @@ def test_dropout_scale_is_one_over_the_rounded_keep_probability() -> None:
     want = (x * keep * (65536 / 58982)) @ a.t() @ b.t()
     assert keep.double().mean().item() == pytest.approx(0.9, abs=0.01)
     assert rel(y, want) <= 1e-12
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_4bit_weight_is_dequantized_to_the_compute_dtype_outside_autocast(bias: bool) -> None:
+    """A bf16-compute QLoRA-FA call on fp32 input without autocast: the dequantized weight (fp32 here, the
+    dtype it was quantized from) is cast to bf16 for the base matmul in forward and for dX in backward."""
+    import bitsandbytes.functional as bnbf
+
+    from lorafa_repro.methods.lora_fa_function import lora_fa_linear
+
+    g = torch.Generator().manual_seed(0)
+    d, r, s = 128, 4, 2.0
+    packed, state = bnbf.quantize_4bit(torch.randn(d, d, generator=g) * 0.05, quant_type="nf4",
+                                       compress_statistics=True)
+    assert state.dtype == torch.float32
+    a = torch.randn(r, d, generator=g) * 0.1
+    b = (torch.randn(d, r, generator=g) * 0.1).requires_grad_()
+    c = (torch.randn(d, generator=g) * 0.1).requires_grad_() if bias else None
+    x = torch.randn(2, 3, d, generator=g).requires_grad_()
+    out = lora_fa_linear(x, packed, c, a, b, LoraFASpec(scaling=s, quant_state=state, base_dtype=torch.bfloat16))
+    w16 = bnbf.dequantize_4bit(packed, state).bfloat16()
+    xr, br = x.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    cr = None if c is None else c.detach().clone().requires_grad_()
+    base = torch.nn.functional.linear(xr.bfloat16(), w16, None if cr is None else cr.bfloat16())
+    want = base.float() + s * (xr @ a.T) @ br.T
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, want)
+    out.square().sum().backward()
+    want.square().sum().backward()
+    for got, ref in ((x, xr), (b, br)) + (((c, cr),) if bias else ()):
+        torch.testing.assert_close(got.grad, ref.grad, rtol=2e-2, atol=2e-2)

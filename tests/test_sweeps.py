@@ -176,6 +176,28 @@ def test_truncated_result_is_not_done_and_analysis_lists_it(synthetic_glue: Path
     assert {"config.optim.lr", "metrics.final.score", "memory.peak_rss_bytes", "timing.train_s", "error"} <= set(csv)
 
 
+def test_collect_keeps_every_status_by_default(tmp_path: Path) -> None:
+    """A sweep's CSV lists failed and OOM runs with their one-line reason unless --status filters them."""
+    import pandas as pd
+
+    from lorafa_repro.collect import main as collect
+    from lorafa_repro.results import new_result, write_json_atomic
+
+    ok = new_result("train", {"method": {"name": "lora"}}) | {
+        "status": "success", "metrics": {"final": {"score": 0.5}, "best": {"score": 0.5}},
+        "params": {"trainable": 1, "total": 2}, "memory": {"backend": "cpu"}}
+    failed = new_result("train", {"method": {"name": "lora_fa"}}) | {"error": "RuntimeError: boom"}
+    oom = new_result("train", {"method": {"name": "ft"}}) | {"status": "oom", "error": "CUDA out of memory"}
+    for name, result in (("ok", ok), ("failed", failed), ("oom", oom)):
+        write_json_atomic(tmp_path / "runs" / name / "result.json", result)
+    assert collect([str(tmp_path / "runs"), "--out", str(tmp_path / "all.csv")]) == 0
+    csv = pd.read_csv(tmp_path / "all.csv").set_index("status")
+    assert sorted(csv.index) == ["failed", "oom", "success"]
+    assert csv.loc["failed", "error"] == "RuntimeError: boom" and csv.loc["oom", "config.method.name"] == "ft"
+    assert collect([str(tmp_path / "runs"), "--out", str(tmp_path / "ok.csv"), "--status", "success"]) == 0
+    assert list(pd.read_csv(tmp_path / "ok.csv")["status"]) == ["success"]
+
+
 # ---- multirun: failed cells do not stop the sweep; a summary at the end ------------------------------
 
 def test_multirun_goes_on_after_a_failed_cell_and_ends_with_a_summary(synthetic_glue: Path, tmp_path: Path) -> None:

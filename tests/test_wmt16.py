@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 from pathlib import Path
 
@@ -91,6 +92,20 @@ def test_bleu_and_rouge_l_equal_the_libraries_on_fixed_strings() -> None:
     assert m["rougeL"] == pytest.approx(100 * (0.75 + 5 / 6 + 0.75) / 3)
     # rouge-score's default tokenizer gives ["tiin", "ar"] here
     assert UnicodeWordTokenizer().tokenize("Știință, ȚARĂ!") == ["știință", "țară"]
+
+
+def test_bleu_and_rouge_l_by_hand_where_their_wrong_twins_differ() -> None:
+    """BLEU is not symmetric: a 4-word hypothesis that is the start of an 8-word reference has every n-gram
+    precision 1 and brevity penalty exp(1 - 8/4) (the swapped call would score 34.57). ROUGE-L with Unicode words:
+    "știință" vs "știința" share no word (F1 0); rouge-score's default tokenizer reads ["tiin"] vs ["tiin", "a"]
+    (LCS 1: P 1, R 1/2, F1 2/3)."""
+    m = translation_metrics(["a b c d"], ["a b c d e f g h"])
+    assert m["bleu"] == pytest.approx(100 * math.exp(-1))
+    assert m["chrf"] == sacrebleu.corpus_chrf(["a b c d"], [["a b c d e f g h"]]).score
+    assert sacrebleu.corpus_chrf(["a b c d e f g h"], [["a b c d"]]).score != pytest.approx(m["chrf"])
+    m = translation_metrics(["știință"], ["știința"])
+    assert m["rougeL"] == 0.0
+    assert m["rougeL_ascii"] == pytest.approx(100 * 2 / 3)
 
 
 def test_malformed_files_give_one_clear_error_before_any_model(tmp_path: Path, monkeypatch) -> None:

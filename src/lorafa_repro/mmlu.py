@@ -17,8 +17,9 @@ it is "ĠA" (space + A), which is *not* the id of "A" alone. A tokenizer that sp
 join the prompt and the letters are compared at the next position. Since every continuation then is one token,
 the highest logit is the highest log-likelihood, i.e. lm-eval's ``acc`` prediction.
 
-A prompt longer than ``max_len`` tokens loses few-shot examples from the front (k-1, k-2, ... shots, as
-Hendrycks' code does); a zero-shot prompt that is still too long keeps its last ``max_len`` tokens.
+A prompt longer than ``max_len`` tokens keeps fewer few-shot examples: the first k-1, k-2, ... dev examples
+(the last ones, next to the question, are dropped first), as Hendrycks' ``evaluate.py`` does; a zero-shot prompt
+that is still too long keeps its last ``max_len`` tokens.
 
 Speed: questions of one subject share their few-shot prefix; its keys/values are computed once per subject and
 reused (``past_key_values``) for every batch of question suffixes, which are length-sorted and left-padded, so
@@ -390,8 +391,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--subjects", nargs="+", default=None, help="default: all 57")
     p.add_argument("--k-shot", type=int, default=5)
     p.add_argument("--limit-per-subject", type=int, default=None)
-    p.add_argument("--max-len", type=int, default=2048, help="prompt token budget; few-shot examples are dropped "
-                                                              "from the front beyond it")
+    p.add_argument("--max-len", type=int, default=2048, help="prompt token budget; beyond it fewer few-shot "
+                                                              "examples: the first k dev examples that fit")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))

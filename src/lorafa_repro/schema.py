@@ -120,10 +120,16 @@ class MethodConfig:
     # blocks' normalization layers are trained (Houlsby et al.) or frozen.
     adapter_nonlinearity: str = "gelu"
     adapter_train_norms: bool = True
+    # method=adapter only: also train the embeddings' LayerNorm (BERT/RoBERTa; T5/LLaMA have none), as Houlsby's
+    # adapter-bert code does (it trains every LayerNorm); true by default so the baseline is Houlsby's
+    adapter_train_embed_norm: bool = True
     # LongLoRA (methods/long_context.py), any method on a decoder: shifted sparse attention in training, groups of
     # s2_group_fraction x the sequence (1/k); trainable_extra: [embed, norm] trained in full as well.
     s2_attn: bool = False
     s2_group_fraction: float = 0.25
+    # the shifted heads' groups: offset (causal: they start at G/2, the first G/2 tokens are a short group) |
+    # roll (the paper's pseudo-code; wraps around: the first G/2 tokens see the last G/2, not causal)
+    s2_shift: str = "offset"
     trainable_extra: list[str] = field(default_factory=list)
 
 
@@ -305,11 +311,12 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
 def _check_method_options(m: Any, arch: str, max_seq_len: int) -> None:
     """The adapter and LongLoRA keys of ``method`` (see MethodConfig)."""
     from lorafa_repro.methods.adapter import NONLINEARITIES
-    from lorafa_repro.methods.long_context import EXTRA_TRAINABLES, s2_groups
+    from lorafa_repro.methods.long_context import EXTRA_TRAINABLES, S2_SHIFTS, s2_groups
 
     _one_of(m.adapter_nonlinearity, "method.adapter_nonlinearity", tuple(NONLINEARITIES))
     for extra in m.trainable_extra:
         _one_of(extra, "method.trainable_extra[]", EXTRA_TRAINABLES)
+    _one_of(m.s2_shift, "method.s2_shift", S2_SHIFTS)
     if not m.s2_attn:
         return
     if arch != "decoder":

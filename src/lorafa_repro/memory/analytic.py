@@ -20,7 +20,8 @@ Everything else (attention scores, softmax, GELU, LayerNorm, dropout masks, the 
 in the paper's formula: the simulated and measured backends include it. Which layers save X or XA is
 read from ``requires_grad`` of W, lora_A and lora_B, so new methods are covered without a case here.
 Houlsby adapters (method=adapter): their ``down`` / ``up`` linears are counted like any trained linear (X of
-``down``: b x s x d, X of ``up``: b x s x r), from a forward of the adapted model.
+``down``: b x s x d, X of ``up``: b x s x r), from a forward of the adapted model, plus the nonlinearity's input
+(b x s x r) where its backward needs it (GELU, SiLU: methods.adapter.SAVES_INPUT; ReLU and tanh reuse up's X).
 The layer inputs (shapes, which layers share one) come from one forward on fake tensors.
 """
 
@@ -127,10 +128,13 @@ def trained_parts(adapted: nn.Module, names: list[str]) -> dict[str, dict[str, A
 
 def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dtype: str,
                        quantized_numels: list[int] | None = None, batch_bytes: int = 0,
-                       checkpoints: dict[str, int] | None = None) -> dict[str, int]:
+                       checkpoints: dict[str, int] | None = None,
+                       extra_saved: dict[str, int] | None = None) -> dict[str, int]:
     """Bytes per term (module docstring) for a model with its method applied; ``inputs`` from
     :func:`linear_inputs` on the base model; ``quantized_numels``: weights stored as NF4;
-    ``checkpoints``: with gradient checkpointing, block name -> bytes of its input (:func:`block_inputs`)."""
+    ``checkpoints``: with gradient checkpointing, block name -> bytes of its input (:func:`block_inputs`);
+    ``extra_saved``: elements kept for backward by a non-linear op right after the linear of that name."""
+    extra_saved = extra_saved or {}
     seen: set[int] = set()
     params = grads = states = copies = 0
     for p in adapted.parameters():
@@ -152,16 +156,17 @@ def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dt
     parts = trained_parts(adapted, list(inputs))
 
     def saved(names: list[str]) -> int:
-        """Elements the block linears ``names`` keep for backward: X (once per shared input), X A."""
+        """Elements the block linears ``names`` keep for backward: X (once per shared input), X A, and
+        ``extra_saved`` of those names."""
         saved_x: dict[int, int] = {}
-        xa = 0
+        kept = sum(extra_saved.get(n, 0) for n in names)
         for n in names:
             li = inputs[n]
             if parts[n]["W"] or parts[n]["A"]:
                 saved_x[li.shared_id] = li.tokens * li.d_in
             if parts[n]["B"]:
-                xa += li.tokens * parts[n]["rank"]
-        return sum(saved_x.values()) + xa
+                kept += li.tokens * parts[n]["rank"]  # X A
+        return sum(saved_x.values()) + kept
 
     if checkpoints:
         per_block = [saved([n for n in inputs if n.startswith(b + ".")]) for b in checkpoints]
@@ -176,7 +181,7 @@ def analytic_breakdown(adapted: nn.Module, inputs: dict[str, LinearInput], *, dt
 def analytic(cfg: ProbeConfig) -> dict[str, Any]:
     """The analytic backend for a table cell: one fake forward of the adapted model gives every shape."""
     from lorafa_repro.methods import block_linears, get_method
-    from lorafa_repro.methods.adapter import adapter_linear_names
+    from lorafa_repro.methods.adapter import SAVES_INPUT, adapter_linear_names
 
     with torch.device("meta"):
         base = build_base_model(cfg)
@@ -196,10 +201,13 @@ def analytic(cfg: ProbeConfig) -> dict[str, Any]:
     adapters = set(linears) - set(names)
     inputs = {n: LinearInput(li.tokens, li.d_in, li.d_out, shared_id=-1 - i) if n in adapters else li
               for i, (n, li) in enumerate(inputs.items())}
+    # an adapter's nonlinearity keeps its input (down's output: tokens x r) when its backward reads it
+    act_input = {n: li.tokens * li.d_out for n, li in inputs.items()
+                 if n in adapters and n.endswith(".down") and cfg.adapter_nonlinearity in SAVES_INPUT}
     batch_bytes = sum(t.numel() * t.element_size() for t in batch.values())
     quantized = quantized_weight_numels(cfg) if get_method(cfg.method).quantize_4bit else None
     parts = analytic_breakdown(adapted, inputs, dtype=cfg.dtype, quantized_numels=quantized, batch_bytes=batch_bytes,
-                               checkpoints=checkpoints or None)
+                               checkpoints=checkpoints or None, extra_saved=act_input)
     total = sum(parts.values())
     return {
         "backend": "analytic",

@@ -89,9 +89,11 @@ class ProbeConfig:
     # of its group attention) and extra trained modules (``embed``, ``norm``); Houlsby adapter settings
     s2_attn: bool = False
     s2_group_fraction: float = 0.25
+    s2_shift: str = "offset"
     trainable_extra: tuple[str, ...] = ()
     adapter_nonlinearity: str = "gelu"
     adapter_train_norms: bool = True
+    adapter_train_embed_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -336,8 +338,10 @@ def apply_probe_method(model: nn.Module, cfg: ProbeConfig, *, simulate_4bit: boo
                               "style Conv1D layers?). Fix: plan this model with --methods ft, or pass target_modules")
     return apply_method(model, method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
                         target_modules=targets, compute_dtype=compute_dtype(cfg.dtype), s2_attn=cfg.s2_attn,
-                        s2_group_fraction=cfg.s2_group_fraction, trainable_extra=list(cfg.trainable_extra),
-                        adapter_nonlinearity=cfg.adapter_nonlinearity, adapter_train_norms=cfg.adapter_train_norms)
+                        s2_group_fraction=cfg.s2_group_fraction, s2_shift=cfg.s2_shift,
+                        trainable_extra=list(cfg.trainable_extra),
+                        adapter_nonlinearity=cfg.adapter_nonlinearity, adapter_train_norms=cfg.adapter_train_norms,
+                        adapter_train_embed_norm=cfg.adapter_train_embed_norm)
 
 
 def build_on_device(cfg: ProbeConfig, device: torch.device) -> nn.Module:

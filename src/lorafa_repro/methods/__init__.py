@@ -82,8 +82,10 @@ def apply_method(
     compute_dtype: torch.dtype = torch.float32,
     adapter_nonlinearity: str = "gelu",
     adapter_train_norms: bool = True,
+    adapter_train_embed_norm: bool = True,
     s2_attn: bool = False,
     s2_group_fraction: float = 0.25,
+    s2_shift: str = "offset",
     trainable_extra: list[str] | tuple[str, ...] | None = None,
 ) -> nn.Module:
     """Adapt ``model`` with ``method`` and return the model to train.
@@ -91,16 +93,18 @@ def apply_method(
     ``target_modules``: suffixes of linear-layer names (``["query", "value"]``), or ``None`` for all
     linear layers in the transformer blocks (the paper's default). ``modules_to_save``: modules trained in
     full besides the adapters; ``None`` = the model's classification head if it has one.
-    ``adapter_nonlinearity`` / ``adapter_train_norms``: method=adapter only (methods/adapter.py).
+    ``adapter_nonlinearity`` / ``adapter_train_norms`` / ``adapter_train_embed_norm``: method=adapter only
+    (methods/adapter.py).
     ``s2_attn``: LongLoRA's shifted sparse attention in training (LLaMA-architecture models, any method),
-    groups of ``s2_group_fraction`` of the sequence; ``trainable_extra``: ``embed`` and/or ``norm`` trained in
+    groups of ``s2_group_fraction`` of the sequence, the shifted heads partitioned by ``s2_shift`` (``offset``,
+    causal, or ``roll``, the paper's pseudo-code); ``trainable_extra``: ``embed`` and/or ``norm`` trained in
     full besides the method's own parameters (LongLoRA trains both); see methods/long_context.py.
     """
     from lorafa_repro.methods.long_context import enable_s2_attn, train_extra
 
     spec = get_method(method)
     if s2_attn:
-        enable_s2_attn(model, s2_group_fraction)
+        enable_s2_attn(model, s2_group_fraction, s2_shift)
     if not spec.uses_adapters:
         return train_extra(spec.apply(model), trainable_extra)
     if rank is None or rank <= 0:
@@ -110,7 +114,7 @@ def apply_method(
     save = head_modules(model) if modules_to_save is None else modules_to_save
     if method == "adapter":
         adapted = spec.apply(model, rank=rank, modules_to_save=save, adapter_nonlinearity=adapter_nonlinearity,
-                             adapter_train_norms=adapter_train_norms)
+                             adapter_train_norms=adapter_train_norms, adapter_train_embed_norm=adapter_train_embed_norm)
         return train_extra(adapted, trainable_extra)
     targets = resolve_target_modules(model, target_modules)
     kwargs = dict(target_modules=targets, rank=rank, alpha=alpha, dropout=dropout, modules_to_save=save)
@@ -120,7 +124,8 @@ def apply_method(
 
 
 #: MethodConfig keys passed to :func:`apply_method` as keyword options (besides rank, alpha, dropout, targets)
-OPTION_KEYS = ("adapter_nonlinearity", "adapter_train_norms", "s2_attn", "s2_group_fraction", "trainable_extra")
+OPTION_KEYS = ("adapter_nonlinearity", "adapter_train_norms", "adapter_train_embed_norm", "s2_attn",
+               "s2_group_fraction", "s2_shift", "trainable_extra")
 
 
 def method_options(method_cfg: Any) -> dict[str, Any]:

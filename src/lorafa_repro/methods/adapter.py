@@ -1,7 +1,17 @@
 """Houlsby bottleneck adapters (Houlsby et al., ICML 2019, arXiv 1902.00751), written in the suite.
 
 Per transformer block, two adapters ``h -> h + up(f(down(h)))`` (``down``: d -> r, ``up``: r -> d, ``f`` a
-nonlinearity), only they (plus, by option, the block's normalization layers, and the task head) are trained.
+nonlinearity), only they (plus, by option, the block's normalization layers and the embeddings' LayerNorm, and
+the task head) are trained.
+
+What trains besides the adapters and the head (Houlsby et al. §2.1: "we also train the layer normalization
+parameters per layer"; adapter-bert's ``layer_norm`` puts every LayerNorm of BERT, the embeddings' one included,
+in the collection its optimizer trains):
+
+  ``adapter_train_norms`` (default true)       every normalization layer inside the blocks.
+  ``adapter_train_embed_norm`` (default true)  the embeddings' LayerNorm (BERT/RoBERTa ``embeddings.LayerNorm``),
+                                               as adapter-bert trains it. T5 and LLaMA have none (their final
+                                               norm is not an embedding norm and stays frozen): no effect there.
 
 Where they sit (Houlsby et al. §2.1 and Figure 2: "the adapter module is added twice to each Transformer
 layer: after the projection following multi-headed attention and after the two feed-forward layers"; the
@@ -35,6 +45,9 @@ INIT_STD = 1e-3
 NONLINEARITIES: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh,
 }
+#: nonlinearities whose backward reads their input (an adapter then keeps three tensors: down's input, f's input,
+#: up's input); ReLU and tanh backward from their output, which is up's input, kept anyway (two tensors)
+SAVES_INPUT = frozenset({"gelu", "swish", "silu"})
 #: dotted paths (inside one block) of the module whose output the attention / FFN adapter transforms
 SITES: tuple[tuple[str, str, str], ...] = (
     ("bert", "attention.output.dropout", "output.dropout"),
@@ -116,10 +129,25 @@ def _is_norm(mod: nn.Module) -> bool:
     return isinstance(mod, nn.LayerNorm) or "Norm" in type(mod).__name__
 
 
+def embedding_norms(model: nn.Module) -> list[nn.Module]:
+    """The normalization layers of the module that holds the input embeddings, when that module is an embeddings
+    module (BERT/RoBERTa ``embeddings.LayerNorm``), not the model itself (LLaMA, T5: none)."""
+    emb = model.get_input_embeddings()
+    blocks = {id(b) for _, b in _transformer_blocks(model)}
+    for parent in model.modules():
+        if any(c is emb for c in parent.children()):
+            if any(id(m) in blocks for m in parent.modules()):
+                return []
+            return [m for m in parent.children() if _is_norm(m)]
+    return []
+
+
 def apply_adapter(model: nn.Module, *, rank: int, modules_to_save: list[str] | None = None,
-                  adapter_nonlinearity: str = "gelu", adapter_train_norms: bool = True, **_: object) -> nn.Module:
+                  adapter_nonlinearity: str = "gelu", adapter_train_norms: bool = True,
+                  adapter_train_embed_norm: bool = True, **_: object) -> nn.Module:
     """Insert two Houlsby adapters of bottleneck ``rank`` per block; freeze everything else except the
-    adapters, the heads in ``modules_to_save`` and (``adapter_train_norms``) the blocks' norm layers."""
+    adapters, the heads in ``modules_to_save``, (``adapter_train_norms``) the blocks' norm layers and
+    (``adapter_train_embed_norm``) the embeddings' LayerNorm (module docstring)."""
     if adapter_nonlinearity not in NONLINEARITIES:
         raise ValueError(f"adapter nonlinearity {adapter_nonlinearity!r} not in {sorted(NONLINEARITIES)}")
     blocks = _transformer_blocks(model)
@@ -141,11 +169,14 @@ def apply_adapter(model: nn.Module, *, rank: int, modules_to_save: list[str] | N
                 if _is_norm(mod):
                     for p in mod.parameters(recurse=False):
                         p.requires_grad_(True)
+    for mod in embedding_norms(model) if adapter_train_embed_norm else []:
+        for p in mod.parameters():
+            p.requires_grad_(True)
     for name in modules_to_save or []:
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)
     model.lorafa_adapter_config = {"rank": rank, "nonlinearity": adapter_nonlinearity,
-                                   "train_norms": adapter_train_norms}
+                                   "train_norms": adapter_train_norms, "train_embed_norm": adapter_train_embed_norm}
     return model
 
 
@@ -161,7 +192,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> None:
-    """Write :func:`adapter_state_dict` plus the adapter config (rank, nonlinearity, train_norms)."""
+    """Write :func:`adapter_state_dict` plus the adapter config (rank, nonlinearity, which norms train)."""
     torch.save({"config": getattr(model, "lorafa_adapter_config", {}), "state_dict": adapter_state_dict(model)},
                Path(path))
 
@@ -175,7 +206,9 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         from lorafa_repro.methods.targets import head_modules
 
         apply_adapter(model, rank=cfg["rank"], adapter_nonlinearity=cfg["nonlinearity"],
-                      adapter_train_norms=cfg["train_norms"], modules_to_save=head_modules(model))
+                      adapter_train_norms=cfg["train_norms"],
+                      adapter_train_embed_norm=cfg.get("train_embed_norm", False),  # files saved before the option
+                      modules_to_save=head_modules(model))
     own = dict(model.named_parameters())
     missing = [k for k in blob["state_dict"] if k not in own]
     if missing:
