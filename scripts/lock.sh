@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make lock: regenerate requirements/lock.txt, the pip constraints file `make install` installs from.
 #
-#   make lock                      # newest releases that pyproject.toml's ranges allow
-#   make lock LOCK_PINS=pins.txt   # the same, holding the packages named in pins.txt (one `name==version` a line)
+#   make lock                        # newest releases pyproject.toml allows, holding requirements/pins.txt
+#   make lock LOCK_PINS=             # newest releases for everything (no held versions)
 #
 # It builds a throw-away venv with the CPU torch wheel, installs the suite with every extra
 # (test, scale, trackers) and the offline models of `make install-extras`, and freezes it. torch itself

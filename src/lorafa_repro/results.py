@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -129,7 +130,37 @@ def env_info() -> dict[str, Any]:
             versions[pkg] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
     return {**git_info(), "python": platform.python_version(), "platform": platform.platform(),
-            "versions": versions, "device": device, "cuda": torch.version.cuda}
+            "versions": versions, "lock": lock_info(), "device": device, "cuda": torch.version.cuda}
+
+
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements" / "lock.txt"
+
+
+def lock_info(lock_file: Path = LOCK_FILE) -> dict[str, Any] | None:
+    """The environment against the lock that `make install` installs from: the lock's sha256 and every locked
+    package installed at another version (``{name: [locked, installed]}``; packages of extras that are not
+    installed do not count, and torch is not locked). None when the suite runs from an install without the
+    repository's requirements/lock.txt. Computed once per lock text (it reads every installed distribution)."""
+    return _compare_with_lock(lock_file.read_text()) if lock_file.is_file() else None
+
+
+@functools.lru_cache(maxsize=4)
+def _compare_with_lock(text: str) -> dict[str, Any]:
+    import hashlib
+    from importlib.metadata import distributions
+
+    installed = {_canonical(d.metadata["Name"]): d.version for d in distributions() if d.metadata["Name"]}
+    differ = {}
+    for line in text.splitlines():
+        name, sep, locked = line.split("#")[0].strip().partition("==")
+        have = installed.get(_canonical(name))
+        if sep and have is not None and have != locked.strip():
+            differ[name] = [locked.strip(), have]
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "matches": not differ, "differs": differ}
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def new_result(kind: str, config: dict[str, Any]) -> dict[str, Any]:
