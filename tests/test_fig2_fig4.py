@@ -135,3 +135,53 @@ def test_no_runs_is_one_clear_message_and_writes_nothing(name: str, tmp_path: Pa
     err = capsys.readouterr().err
     assert "no successful" in err and "Fix: run the sweep first" in err and "--config-dir sweeps" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_fig4_splits_scalings_and_reports_best_lr_across_seeds(synthetic_glue: Path, tmp_path: Path) -> None:
+    """Runs of both scalings and two seeds: one panel each, cells are seed means, and a run from before
+    method.alpha_scaling existed reads as standard."""
+    fig4 = _load("fig4_rank_lr_heatmap")
+    raw, label = tmp_path / "raw", "tiny-roberta (random init)"
+    for scaling in ("standard", "rslora"):
+        for seed in (0, 1):
+            cfg = compose_cfg(TINY + ["task=glue/mrpc", f"task.data_dir={synthetic_glue}", "method=lora_fa",
+                                      "method.rank=4", f"method.alpha_scaling={scaling}", "trainer.max_steps=2",
+                                      f"seed={seed}"])
+            assert run(cfg, raw / f"{scaling}_s{seed}")["status"] == "success"
+    old = raw / "standard_s1" / "result.json"
+    data = json.loads(old.read_text())
+    del data["config"]["method"]["alpha_scaling"]
+    old.write_text(json.dumps(data))
+    runs = fig4.load_runs(raw, label, "mrpc")
+    assert sorted(zip(runs["scaling"], runs["seed"])) == [("rslora", 0), ("rslora", 1), ("standard", 0),
+                                                           ("standard", 1)]
+    grid = fig4.load_grid(raw, label, "mrpc")
+    for scaling in ("standard", "rslora"):
+        cell = grid[grid["scaling"] == scaling].iloc[0]
+        scores = runs[runs["scaling"] == scaling]["score"]
+        assert cell["seeds"] == 2 and cell["score"] == pytest.approx(scores.mean())
+        assert cell["sd"] == pytest.approx(scores.std(ddof=1))
+    assert fig4.panels(grid) == [("lora", "standard"), ("lora_fa", "standard"), ("lora", "rslora"),
+                                 ("lora_fa", "rslora")]
+    fig4.render(raw, tmp_path / "out", model=label, task="mrpc", n_boot=50)
+    md = (tmp_path / "out" / "fig4_rank_lr_heatmap.md").read_text()
+    assert "## LoRA-FA, rsLoRA, alpha / sqrt(r)" in md and "## LoRA-FA, alpha / r" in md
+
+
+def test_fig4_best_lr_per_seed_and_grid_edges() -> None:
+    fig4 = _load("fig4_rank_lr_heatmap")
+    rows = []
+    # rank 1: both seeds best at 2e-3 (inside); rank 8: seed 0 best at 4e-3 (the edge), seed 1 at 2e-3
+    for rank, seed, scores in ((1, 0, (70, 80, 75)), (1, 1, (72, 79, 70)), (8, 0, (60, 70, 90)),
+                               (8, 1, (61, 80, 75)), (64, 0, (80, 70, 60)), (64, 1, (82, 71, 60))):
+        rows += [{"method": "lora_fa", "scaling": "rslora", "rank": rank, "lr": lr, "seed": seed, "score": s}
+                 for lr, s in zip((1e-3, 2e-3, 4e-3), scores)]
+    per_rank, per_pair = fig4.summarize(pd.DataFrame(rows), n_boot=100)
+    by_rank = {r["rank"]: r for r in per_rank}
+    assert by_rank[1]["best_lr"] == 2e-3 and not by_rank[1]["edge"]
+    assert by_rank[8]["best_lr"] == 4e-3 and by_rank[8]["edge"]  # mean 82.5 at 4e-3 beats 75 at 2e-3
+    assert by_rank[8]["seed_best"] == {0: 4e-3, 1: 2e-3}
+    assert by_rank[64]["best_lr"] == 1e-3 and by_rank[64]["edge"]
+    (pair,) = per_pair
+    assert pair["rho"] == pytest.approx(-0.5)  # best lrs 2e-3, 4e-3, 1e-3 over ranks 1, 8, 64
+    assert pair["low"] <= pair["rho"] <= pair["high"] and pair["seeds"] == [2]
