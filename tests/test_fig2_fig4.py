@@ -64,6 +64,8 @@ def test_fig2_curves_from_metrics_jsonl(synthetic_glue: Path, tmp_path: Path) ->
     assert fig2.final_scores(raw, "tiny-roberta (random init)", ["sst2"])[("sst2", "lora_fa", lr)] == \
         pytest.approx(100 * sum(scores) / 2)  # the median of two runs
     assert f"| {100 * sum(scores) / 2:.1f} |" in md
+    last = fig2.score_curve(raw / "sst2" / "lora_fa_s0")
+    assert last[max(last)] == pytest.approx(scores[0])  # the final evaluation is the run's final score
 
 
 def test_fig2_keeps_learning_rates_apart() -> None:
@@ -79,6 +81,24 @@ def test_fig2_keeps_learning_rates_apart() -> None:
     assert by[("lora_fa", 5e-4)]["vs_ft"] == pytest.approx(1.5)
     assert by[("lora_fa", 2e-3)]["vs_ft"] == pytest.approx(0.5)
     assert by[("lora", None)]["runs"] == 0
+
+
+def test_fig2_seed_band_spread_and_steps_to_fraction_of_final() -> None:
+    fig2 = _load("fig2_convergence")
+    loss = {("sst2", "lora", 1e-3): [{1: 0.7, 2: 0.5, 3: 0.3}, {1: 0.7, 2: 0.4, 3: 0.2}, {1: 0.7, 2: 0.6, 3: 0.4}]}
+    assert fig2.band(loss[("sst2", "lora", 1e-3)]) == {1: (0.7, 0.7), 2: (0.4, 0.6), 3: (0.2, 0.4)}  # min-max
+    # dev scores every 100 steps; 95% of each run's own final: run 1 reaches it at 200, run 2 at 300
+    scores = {("sst2", "lora", 1e-3): [{100: 0.6, 200: 0.86, 300: 0.9}, {100: 0.6, 200: 0.8, 300: 0.9},
+                                       {300: 0.9}]}
+    (row,) = [r for r in fig2.summarize(loss, ["sst2"], score_curves=scores) if r["method"] == "lora"]
+    assert row["final_loss_sd"] == pytest.approx(0.1)  # sample sd of 0.3, 0.2, 0.4 (the se would be 0.058)
+    assert row["steps_n"] == 2  # the run with only a final evaluation has no curve to read
+    assert row["steps_to"] == (pytest.approx(250.0), pytest.approx(70.7106781))
+    (other,) = [r for r in fig2.summarize(loss, ["sst2"], score_curves=scores, fraction=0.6)
+                if r["method"] == "lora"]
+    assert other["steps_to"][0] == pytest.approx(100.0)
+    md = fig2.to_markdown(fig2.summarize(loss, ["sst2"], score_curves=scores), Path("raw"), "m")
+    assert "| Steps to 95% of final score |" in md and "| 0.1000 | 250 ± 71 |" in md
 
 
 def test_fig2_mean_curve_and_second_half() -> None:
