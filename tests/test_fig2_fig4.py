@@ -64,6 +64,8 @@ def test_fig2_curves_from_metrics_jsonl(synthetic_glue: Path, tmp_path: Path) ->
     assert fig2.final_scores(raw, "tiny-roberta (random init)", ["sst2"])[("sst2", "lora_fa", lr)] == \
         pytest.approx(100 * sum(scores) / 2)  # the median of two runs
     assert f"| {100 * sum(scores) / 2:.1f} |" in md
+    last = fig2.score_curve(raw / "sst2" / "lora_fa_s0")
+    assert last[max(last)] == pytest.approx(scores[0])  # the final evaluation is the run's final score
 
 
 def test_fig2_keeps_learning_rates_apart() -> None:
@@ -79,6 +81,24 @@ def test_fig2_keeps_learning_rates_apart() -> None:
     assert by[("lora_fa", 5e-4)]["vs_ft"] == pytest.approx(1.5)
     assert by[("lora_fa", 2e-3)]["vs_ft"] == pytest.approx(0.5)
     assert by[("lora", None)]["runs"] == 0
+
+
+def test_fig2_seed_band_spread_and_steps_to_fraction_of_final() -> None:
+    fig2 = _load("fig2_convergence")
+    loss = {("sst2", "lora", 1e-3): [{1: 0.7, 2: 0.5, 3: 0.3}, {1: 0.7, 2: 0.4, 3: 0.2}, {1: 0.7, 2: 0.6, 3: 0.4}]}
+    assert fig2.band(loss[("sst2", "lora", 1e-3)]) == {1: (0.7, 0.7), 2: (0.4, 0.6), 3: (0.2, 0.4)}  # min-max
+    # dev scores every 100 steps; 95% of each run's own final: run 1 reaches it at 200, run 2 at 300
+    scores = {("sst2", "lora", 1e-3): [{100: 0.6, 200: 0.86, 300: 0.9}, {100: 0.6, 200: 0.8, 300: 0.9},
+                                       {300: 0.9}]}
+    (row,) = [r for r in fig2.summarize(loss, ["sst2"], score_curves=scores) if r["method"] == "lora"]
+    assert row["final_loss_sd"] == pytest.approx(0.1)  # sample sd of 0.3, 0.2, 0.4 (the se would be 0.058)
+    assert row["steps_n"] == 2  # the run with only a final evaluation has no curve to read
+    assert row["steps_to"] == (pytest.approx(250.0), pytest.approx(70.7106781))
+    (other,) = [r for r in fig2.summarize(loss, ["sst2"], score_curves=scores, fraction=0.6)
+                if r["method"] == "lora"]
+    assert other["steps_to"][0] == pytest.approx(100.0)
+    md = fig2.to_markdown(fig2.summarize(loss, ["sst2"], score_curves=scores), Path("raw"), "m")
+    assert "| Steps to 95% of final score |" in md and "| 0.1000 | 250 ± 71 |" in md
 
 
 def test_fig2_mean_curve_and_second_half() -> None:
@@ -135,3 +155,53 @@ def test_no_runs_is_one_clear_message_and_writes_nothing(name: str, tmp_path: Pa
     err = capsys.readouterr().err
     assert "no successful" in err and "Fix: run the sweep first" in err and "--config-dir sweeps" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_fig4_splits_scalings_and_reports_best_lr_across_seeds(synthetic_glue: Path, tmp_path: Path) -> None:
+    """Runs of both scalings and two seeds: one panel each, cells are seed means, and a run from before
+    method.alpha_scaling existed reads as standard."""
+    fig4 = _load("fig4_rank_lr_heatmap")
+    raw, label = tmp_path / "raw", "tiny-roberta (random init)"
+    for scaling in ("standard", "rslora"):
+        for seed in (0, 1):
+            cfg = compose_cfg(TINY + ["task=glue/mrpc", f"task.data_dir={synthetic_glue}", "method=lora_fa",
+                                      "method.rank=4", f"method.alpha_scaling={scaling}", "trainer.max_steps=2",
+                                      f"seed={seed}"])
+            assert run(cfg, raw / f"{scaling}_s{seed}")["status"] == "success"
+    old = raw / "standard_s1" / "result.json"
+    data = json.loads(old.read_text())
+    del data["config"]["method"]["alpha_scaling"]
+    old.write_text(json.dumps(data))
+    runs = fig4.load_runs(raw, label, "mrpc")
+    assert sorted(zip(runs["scaling"], runs["seed"])) == [("rslora", 0), ("rslora", 1), ("standard", 0),
+                                                           ("standard", 1)]
+    grid = fig4.load_grid(raw, label, "mrpc")
+    for scaling in ("standard", "rslora"):
+        cell = grid[grid["scaling"] == scaling].iloc[0]
+        scores = runs[runs["scaling"] == scaling]["score"]
+        assert cell["seeds"] == 2 and cell["score"] == pytest.approx(scores.mean())
+        assert cell["sd"] == pytest.approx(scores.std(ddof=1))
+    assert fig4.panels(grid) == [("lora", "standard"), ("lora_fa", "standard"), ("lora", "rslora"),
+                                 ("lora_fa", "rslora")]
+    fig4.render(raw, tmp_path / "out", model=label, task="mrpc", n_boot=50)
+    md = (tmp_path / "out" / "fig4_rank_lr_heatmap.md").read_text()
+    assert "## LoRA-FA, rsLoRA, alpha / sqrt(r)" in md and "## LoRA-FA, alpha / r" in md
+
+
+def test_fig4_best_lr_per_seed_and_grid_edges() -> None:
+    fig4 = _load("fig4_rank_lr_heatmap")
+    rows = []
+    # rank 1: both seeds best at 2e-3 (inside); rank 8: seed 0 best at 4e-3 (the edge), seed 1 at 2e-3
+    for rank, seed, scores in ((1, 0, (70, 80, 75)), (1, 1, (72, 79, 70)), (8, 0, (60, 70, 90)),
+                               (8, 1, (61, 80, 75)), (64, 0, (80, 70, 60)), (64, 1, (82, 71, 60))):
+        rows += [{"method": "lora_fa", "scaling": "rslora", "rank": rank, "lr": lr, "seed": seed, "score": s}
+                 for lr, s in zip((1e-3, 2e-3, 4e-3), scores)]
+    per_rank, per_pair = fig4.summarize(pd.DataFrame(rows), n_boot=100)
+    by_rank = {r["rank"]: r for r in per_rank}
+    assert by_rank[1]["best_lr"] == 2e-3 and not by_rank[1]["edge"]
+    assert by_rank[8]["best_lr"] == 4e-3 and by_rank[8]["edge"]  # mean 82.5 at 4e-3 beats 75 at 2e-3
+    assert by_rank[8]["seed_best"] == {0: 4e-3, 1: 2e-3}
+    assert by_rank[64]["best_lr"] == 1e-3 and by_rank[64]["edge"]
+    (pair,) = per_pair
+    assert pair["rho"] == pytest.approx(-0.5)  # best lrs 2e-3, 4e-3, 1e-3 over ranks 1, 8, 64
+    assert pair["low"] <= pair["rho"] <= pair["high"] and pair["seeds"] == [2]

@@ -53,3 +53,36 @@ def test_table1_reports_the_best_configuration_of_the_search(synthetic_glue: Pat
     assert per_config[row["sst2_lr"]] == max(per_config.values())
     assert row["sst2_configs"] == 2 and row["sst2_seeds"] == (2 if row["sst2_lr"] == 1e-4 else 1)
     assert row["sst2_rank"] == 8
+
+
+def test_table1_seeds_spread_and_paired_difference(synthetic_glue: Path, tmp_path: Path) -> None:
+    """Three seeds per method: mean ± sample sd, the median stays the table's number, and LoRA-FA - LoRA is
+    paired by seed (scipy's ttest_rel interval); FT (rank null) is a row too; --chosen names each cell's lr."""
+    from scipy.stats import ttest_rel
+
+    scores: dict[tuple[str, int], float] = {}
+    for method in ("ft", "lora", "lora_fa"):
+        for seed in (0, 1, 2):
+            cfg = compose_cfg(["model=tiny_roberta", "trainer=tiny", "trainer.max_steps=3", f"method={method}",
+                               "task=glue/sst2", f"task.data_dir={synthetic_glue}", f"seed={seed}",
+                               "task.max_train_samples=32", "optim.lr=1e-2"])
+            result = run(cfg, tmp_path / "raw" / f"{method}_s{seed}")
+            scores[(method, seed)] = 100 * result["metrics"]["final"]["score"]
+    mod = _table1()
+    table = mod.render(tmp_path / "raw", tmp_path / "out")
+    label = "tiny-roberta (random init)"
+    for method in ("ft", "lora", "lora_fa"):
+        row = table[(table["model"] == label) & (table["method"] == method)].iloc[0]
+        vals = [scores[(method, s)] for s in (0, 1, 2)]
+        assert row["sst2_seeds"] == 3 and row["sst2_ours"] == pytest.approx(round(statistics.median(vals), 1))
+        assert row["sst2_mean"] == pytest.approx(statistics.mean(vals))
+        assert row["sst2_sd"] == pytest.approx(statistics.stdev(vals))
+    fa, lora = ([scores[(m, s)] for s in (0, 1, 2)] for m in ("lora_fa", "lora"))
+    (diff,) = [r for r in mod.seed_rows(mod.ours(tmp_path / "raw")) if r["method"] == "lora_fa - lora"]
+    assert diff["pairs"] == 3 and diff["diff"] == pytest.approx(statistics.mean(fa) - statistics.mean(lora))
+    if len({a - b for a, b in zip(fa, lora)}) > 1:  # constant differences have no t interval to compare
+        ci = ttest_rel(fa, lora).confidence_interval(0.95)
+        assert (diff["low"], diff["high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "## Seeds of each chosen configuration (ours)" in md and "| LoRA-FA - LoRA | | 3 pairs |" in md
+    assert mod.chosen(tmp_path / "raw") == [("sst2", m, 1e-2) for m in ("ft", "lora", "lora_fa")]

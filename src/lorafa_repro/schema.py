@@ -111,6 +111,9 @@ class MethodConfig:
     name: str = MISSING
     rank: Optional[int] = None
     alpha: Optional[float] = None
+    # The LoRA scale on B A x: standard = alpha / rank | rslora = alpha / sqrt(rank) (PEFT's use_rslora). Methods
+    # with a LoRA scale only (lora, lora_fa, qlora, qlora_fa, lora_fa_v2); ft and adapter accept only standard.
+    alpha_scaling: str = "standard"
     dropout: float = 0.0
     # Suffixes of module names (e.g. [query, value]); null = the model's default_target_modules.
     target_modules: Optional[list[str]] = None
@@ -228,6 +231,7 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
         _positive(m.rank, "method.rank", "8")
         if spec.uses_alpha:
             _positive(m.alpha, "method.alpha", "16")
+    _check_alpha_scaling(m.alpha_scaling, spec)
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"method.dropout must be in [0, 1), got {m.dropout}. Fix: method.dropout=0.1")
     if m.quantize_4bit != spec.quantize_4bit:
@@ -306,6 +310,16 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
     check_task_config(t.family, t)
     if t.data_dir is not None:
         check_task_data(t.family, t.name, Path(t.data_dir), t)
+
+
+def _check_alpha_scaling(alpha_scaling: str, spec: Any) -> None:
+    """method.alpha_scaling: a known scaling, and rslora only on a method with a LoRA scale (never ignored)."""
+    from lorafa_repro.methods import ALPHA_SCALINGS
+
+    _one_of(alpha_scaling, "method.alpha_scaling", ALPHA_SCALINGS)
+    if alpha_scaling != "standard" and not spec.has_lora_scale:
+        raise ConfigError(f"method.alpha_scaling={alpha_scaling} does nothing for method {spec.name!r} (no LoRA "
+                          f"scale). Fix: method.alpha_scaling=standard, or method=lora / lora_fa")
 
 
 def _check_method_options(m: Any, arch: str, max_seq_len: int) -> None:

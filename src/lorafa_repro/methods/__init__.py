@@ -23,7 +23,7 @@ from torch import nn
 
 from lorafa_repro.methods.adapter import apply_adapter
 from lorafa_repro.methods.ft import apply_ft
-from lorafa_repro.methods.lora import apply_lora, apply_qlora
+from lorafa_repro.methods.lora import ALPHA_SCALINGS, adapter_scale, apply_lora, apply_qlora
 from lorafa_repro.methods.lora_fa import apply_lora_fa
 from lorafa_repro.methods.lora_fa_v2 import apply_lora_fa_v2, make_lora_fa_v2_optimizer
 from lorafa_repro.methods.qlora_fa import apply_qlora_fa
@@ -42,6 +42,11 @@ class Method:
     quantize_4bit: bool = False
     make_optimizer: Optional[OptimizerFactory] = None
     uses_alpha: bool = True  # False: method.alpha is unused (adapters have no LoRA scaling)
+
+    @property
+    def has_lora_scale(self) -> bool:
+        """True when B A x is scaled by alpha / r (or alpha / sqrt(r)): method.alpha_scaling applies."""
+        return self.uses_adapters and self.uses_alpha
 
 
 METHODS: dict[str, Method] = {
@@ -87,6 +92,7 @@ def apply_method(
     s2_group_fraction: float = 0.25,
     s2_shift: str = "offset",
     trainable_extra: list[str] | tuple[str, ...] | None = None,
+    alpha_scaling: str = "standard",
 ) -> nn.Module:
     """Adapt ``model`` with ``method`` and return the model to train.
 
@@ -99,10 +105,14 @@ def apply_method(
     groups of ``s2_group_fraction`` of the sequence, the shifted heads partitioned by ``s2_shift`` (``offset``,
     causal, or ``roll``, the paper's pseudo-code); ``trainable_extra``: ``embed`` and/or ``norm`` trained in
     full besides the method's own parameters (LongLoRA trains both); see methods/long_context.py.
+    ``alpha_scaling``: the LoRA scale, ``standard`` (alpha / r) or ``rslora`` (alpha / sqrt(r)), for every
+    method with a LoRA scale (``Method.uses_alpha``); ``rslora`` on any other method is an error.
     """
     from lorafa_repro.methods.long_context import enable_s2_attn, train_extra
 
     spec = get_method(method)
+    if alpha_scaling != "standard" and not spec.has_lora_scale:
+        raise ValueError(f"{method} has no LoRA scale; alpha_scaling={alpha_scaling!r} would be ignored")
     if s2_attn:
         enable_s2_attn(model, s2_group_fraction, s2_shift)
     if not spec.uses_adapters:
@@ -117,7 +127,8 @@ def apply_method(
                              adapter_train_norms=adapter_train_norms, adapter_train_embed_norm=adapter_train_embed_norm)
         return train_extra(adapted, trainable_extra)
     targets = resolve_target_modules(model, target_modules)
-    kwargs = dict(target_modules=targets, rank=rank, alpha=alpha, dropout=dropout, modules_to_save=save)
+    kwargs = dict(target_modules=targets, rank=rank, alpha=alpha, dropout=dropout, modules_to_save=save,
+                  alpha_scaling=alpha_scaling)
     if spec.quantize_4bit:
         kwargs["compute_dtype"] = compute_dtype
     return train_extra(spec.apply(model, **kwargs), trainable_extra)
@@ -125,7 +136,7 @@ def apply_method(
 
 #: MethodConfig keys passed to :func:`apply_method` as keyword options (besides rank, alpha, dropout, targets)
 OPTION_KEYS = ("adapter_nonlinearity", "adapter_train_norms", "adapter_train_embed_norm", "s2_attn",
-               "s2_group_fraction", "s2_shift", "trainable_extra")
+               "s2_group_fraction", "s2_shift", "trainable_extra", "alpha_scaling")
 
 
 def method_options(method_cfg: Any) -> dict[str, Any]:
@@ -164,5 +175,5 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
-__all__ = ["METHODS", "OPTION_KEYS", "Method", "apply_method", "block_linears", "build_optimizer", "get_method",
+__all__ = ["ALPHA_SCALINGS", "METHODS", "OPTION_KEYS", "Method", "adapter_scale", "apply_method", "block_linears", "build_optimizer", "get_method",
            "head_modules", "method_options", "resolve_target_modules"]

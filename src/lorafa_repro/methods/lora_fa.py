@@ -143,14 +143,16 @@ def convert_to_lora_fa(model: nn.Module) -> int:
 
 
 def apply_lora_fa(model: nn.Module, *, target_modules: list[str], rank: int, alpha: float, dropout: float,
-                  modules_to_save: list[str] | None = None) -> PeftModel:
+                  modules_to_save: list[str] | None = None, alpha_scaling: str = "standard") -> PeftModel:
     """LoRA-FA v1: PEFT LoRA on ``target_modules`` (full names), A frozen, fused memory-optimal forward.
 
     Trainable: every ``lora_B`` and the ``modules_to_save`` copies. ``lora_A`` keeps PEFT's
-    Kaiming-uniform random init, B starts at zero, ``scaling = alpha / rank``.
+    Kaiming-uniform random init, B starts at zero, ``scaling`` = alpha / rank (``alpha_scaling="standard"``) or
+    alpha / sqrt(rank) (``"rslora"``); the fused forward reads PEFT's ``scaling``.
     """
     peft_model = get_peft_model(model, lora_config(target_modules=target_modules, rank=rank, alpha=alpha,
-                                                       dropout=dropout, modules_to_save=modules_to_save))
+                                                       dropout=dropout, modules_to_save=modules_to_save,
+                                                       alpha_scaling=alpha_scaling))
     convert_to_lora_fa(peft_model)
     return peft_model
 

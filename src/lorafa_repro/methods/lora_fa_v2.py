@@ -32,13 +32,14 @@ from lorafa_repro.methods.lora import lora_config
 
 
 def apply_lora_fa_v2(model: nn.Module, *, target_modules: list[str], rank: int, alpha: float, dropout: float,
-                     modules_to_save: list[str] | None = None) -> PeftModel:
+                     modules_to_save: list[str] | None = None, alpha_scaling: str = "standard") -> PeftModel:
     """Plain PEFT LoRA on ``target_modules`` with every ``lora_A`` frozen (PEFT's LoRA-FA model side).
 
     Train it with :func:`make_lora_fa_v2_optimizer`; with plain AdamW it is simply LoRA-FA v1 on PEFT's graph.
     """
     peft_model = get_peft_model(model, lora_config(target_modules=target_modules, rank=rank, alpha=alpha,
-                                                       dropout=dropout, modules_to_save=modules_to_save))
+                                                       dropout=dropout, modules_to_save=modules_to_save,
+                                                       alpha_scaling=alpha_scaling))
     for name, p in peft_model.named_parameters():
         if "lora_A" in name:
             p.requires_grad_(False)
@@ -48,6 +49,10 @@ def apply_lora_fa_v2(model: nn.Module, *, target_modules: list[str], rank: int, 
 def make_lora_fa_v2_optimizer(model: nn.Module, *, rank: int, alpha: float, lr: float,
                               weight_decay: float) -> torch.optim.Optimizer:
     """``peft.optimizers.create_lorafa_optimizer(model, r=rank, lora_alpha=alpha, lr=lr, weight_decay=...)``.
+
+    The projection's scale s is each LoRA module's own ``scaling`` (PEFT >= 0.18 reads it per parameter into
+    the group's ``scaling_factors``), so ``method.alpha_scaling=rslora`` (PEFT's ``use_rslora`` on the model)
+    gives s = alpha / sqrt(r) with nothing passed here (tests/test_alpha_scaling.py checks it).
 
     Every trainable parameter (all ``lora_B``, the ``modules_to_save`` copies) is in its single param group;
     raises if one were missing, so a PEFT change cannot silently stop training the head.

@@ -33,7 +33,7 @@ LORA_FA_CLASSES[PeftLoraLinear4bit] = QLoraFALinear4bit
 
 def apply_qlora_fa(model: nn.Module, *, target_modules: list[str], rank: int, alpha: float, dropout: float,
                    modules_to_save: list[str] | None = None,
-                   compute_dtype: torch.dtype = torch.float32) -> PeftModel:
+                   compute_dtype: torch.dtype = torch.float32, alpha_scaling: str = "standard") -> PeftModel:
     """Quantize every block linear (and each target) to NF4 + double quant, then apply :func:`apply_lora_fa`.
 
     Same quantized set as the suite's ``qlora`` (all linears of the transformer blocks, heads excluded), so
@@ -44,7 +44,7 @@ def apply_qlora_fa(model: nn.Module, *, target_modules: list[str], rank: int, al
     """
     quantize_base_4bit(model, compute_dtype, extra=list(target_modules))
     return apply_lora_fa(model, target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout,
-                         modules_to_save=modules_to_save)
+                         modules_to_save=modules_to_save, alpha_scaling=alpha_scaling)
 
 
 __all__ = ["QLoraFALinear4bit", "apply_qlora_fa"]
