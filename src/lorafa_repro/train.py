@@ -62,7 +62,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = run(cfg, output_dir)
     except ConfigError as e:
-        if multirun:
+        from lorafa_repro.rundir import RunDirError
+
+        if multirun and not isinstance(e, RunDirError):  # that folder holds another run's files: leave them
             _record_config_error(output_dir, cfg, str(e))
         elif os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -76,6 +78,8 @@ def main(cfg: DictConfig) -> float | None:
         data, _ = try_read_result(Path(output_dir) / "result.json")
         status = data["status"] if data else "failed"
         reason = data["error"] if data else f"{type(e).__name__}: {e}"
+        if isinstance(e, Interrupted):  # perhaps before this run wrote result.json: its own words
+            status, reason = "interrupted", str(e)
         return _fail(status if status in EXIT_CODES else "failed",
                      f"lorafa-train: {status}: {reason} ({output_dir})", multirun)
     if result["status"] != "success":  # a finished failure reused by skip_if_done
