@@ -92,6 +92,28 @@ def test_two_training_processes_into_one_folder(synthetic_glue: Path, tmp_path: 
     assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())  # no broken line
 
 
+@pytest.mark.slow
+def test_a_multirun_stops_at_a_cell_held_by_another_run(synthetic_glue: Path, tmp_path: Path) -> None:
+    """A held cell is not recorded (its folder is another run's) and the sweep stops there with exit 2."""
+    sweep = tmp_path / "sweep"
+    held = sweep / "method.rank=2"
+    holder = _holder(held)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lorafa_repro.train", "-m", *TINY, "method.rank=2,4",
+                               f"task.data_dir={synthetic_glue}", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}",
+                               "hydra.sweep.subdir=${hydra.job.override_dirname}",
+                               "hydra.job.config.override_dirname.exclude_keys=[model,trainer,task,"
+                               "task.max_train_samples,optim.lr,trainer.max_steps,trainer.log_every,method,"
+                               "trainer.batch_size,task.data_dir]"],
+                              env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{held} is in use by another run (pid {holder.pid}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (held / "result.json").exists() and not (sweep / "method.rank=4").exists()
+
+
 # ---- 2. checked checkpoints ------------------------------------------------------------------------------
 
 def test_a_checkpoint_is_checked_by_its_recorded_sha256(synthetic_glue: Path, tmp_path: Path) -> None:

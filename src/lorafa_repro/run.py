@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import shutil
 import signal
@@ -129,6 +128,9 @@ def prepare_task(cfg: DictConfig) -> tuple[Any, Any]:
 
 
 def _replace(out: Path, why: str) -> None:
+    """Rank 0 moves the old run aside (a rank reading after it finds an empty folder: the same fresh start)."""
+    if dist.launched_rank_and_world()[0] != 0:
+        return
     moved = rundir.move_aside(out)
     if moved is not None:
         logger.warning("%s %s: moved it to %s and start afresh", out, why, moved)
@@ -187,8 +189,8 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     out = Path(output_dir)
     config = {**OmegaConf.to_container(cfg, resolve=True), "code": code_fingerprint()}
     # under torchrun rank 0 holds the lock; one process: stop at once where that is safe (see StopSignals)
-    lock = rundir.locked(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
-    with lock, StopSignals(immediate=int(os.environ.get("WORLD_SIZE", "1")) <= 1) as stops:
+    rank, world = dist.launched_rank_and_world()
+    with rundir.locked(out) if rank == 0 else contextlib.nullcontext(), StopSignals(immediate=world == 1) as stops:
         return _run_locked(cfg, out, config, stops)
 
 

@@ -42,13 +42,15 @@ def _holder_text(raw: str) -> str:
 
 @contextlib.contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock for the block; another holder -> :class:`RunDirError` naming it."""
+    """Hold the run directory's lock for the block; another holder -> :class:`RunDirError` naming it. A folder
+    this call created and that holds nothing else at the end (the run stopped before writing) is removed."""
+    created = not run_dir.exists()
+    path = run_dir / LOCK_FILE
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise ConfigError(f"cannot create {run_dir / LOCK_FILE} ({e.strerror}). "
-                          f"Fix: output_dir=<a writable folder>") from None
+        raise ConfigError(f"cannot create {path} ({e.strerror}). Fix: output_dir=<a writable folder>") from None
     with os.fdopen(fd, "r+") as f:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,6 +59,8 @@ def locked(run_dir: Path) -> Iterator[None]:
                               f"to end, or pick another output_dir") from None
         except OSError as e:  # e.g. Lustre mounted without -o flock
             logger.warning("cannot lock %s (%s): runs into this folder are not kept apart", run_dir, e.strerror)
+        if not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino:  # removed by a holder leaving
+            raise RunDirError(f"{run_dir} was just released by another run. Fix: run the command again")
         stale = f.read().strip()
         if stale:  # the kernel released it, so its holder is gone
             logger.warning("took over the lock of a run that ended without releasing it (%s)", _holder_text(stale))
@@ -67,9 +71,13 @@ def locked(run_dir: Path) -> Iterator[None]:
         f.flush()
         try:
             yield
-        finally:  # an empty lock file: released in order (the file stays: deleting it would race a new holder)
+        finally:  # released in order: an empty lock file, or no folder if this run made it and wrote nothing
             f.seek(0)
             f.truncate()
+            if created and os.listdir(run_dir) == [LOCK_FILE]:
+                path.unlink()
+                with contextlib.suppress(OSError):  # another run has just put a file there
+                    run_dir.rmdir()
 
 
 def move_aside(run_dir: Path) -> Path | None:
