@@ -227,6 +227,29 @@ def test_a_signal_during_evaluation_interrupts_and_the_resume_redoes_it(syntheti
     assert _stable(tmp_path / "cut") == _stable(tmp_path / "straight")  # one evaluation of step 8, the same
 
 
+def test_a_signal_while_loading_ends_as_interrupted(synthetic_glue: Path, tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM during the data loading: Interrupted at once, nothing written (the new folder is gone again);
+    during the model loading: result.json says interrupted."""
+    import lorafa_repro.run as run_mod
+
+    def stop(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        pytest.fail("went on after the signal")
+
+    cfg = compose_cfg(TINY + [f"task.data_dir={synthetic_glue}"])
+    real = run_mod.prepare_task
+    monkeypatch.setattr(run_mod, "prepare_task", lambda c: (stop(), real(c))[1])
+    with pytest.raises(Interrupted, match="SIGTERM during the data loading; no new checkpoint"):
+        run_mod.run(cfg, tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+    monkeypatch.setattr(run_mod, "prepare_task", real)
+    monkeypatch.setattr(run_mod, "build_model", stop)
+    with pytest.raises(Interrupted, match="SIGTERM during the loading before training"):
+        run_mod.run(cfg, tmp_path / "model")
+    assert read_result(tmp_path / "model" / "result.json")["status"] == "interrupted"
+
+
 @pytest.mark.slow
 def test_sigint_to_a_real_process_during_a_long_evaluation(tmp_path: Path) -> None:
     """A real process, SIGINT while it evaluates 6000 examples one by one: exit 5, interrupted, the evaluation's
