@@ -49,7 +49,7 @@ def row(r: dict[str, Any], run: str) -> dict[str, Any]:
         "first_loss": m.get("first_loss"),
         "last_loss": m.get("last_loss"),
         "train_s": r["timing"].get("train_s"),
-        "wall_s": r["timing"].get("wall_s"),
+        "wall_s": r["timing"].get("total_s", r["timing"].get("wall_s")),  # total_s; wall_s before it
         "peak_rss_gib": (r["memory"].get("peak_rss_bytes") or 0) / GIB or None,
         "git_sha": r.get("env", {}).get("git_sha", "")[:10],
     }

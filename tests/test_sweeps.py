@@ -134,22 +134,31 @@ def test_skip_if_done_reruns_when_config_or_code_changed(synthetic_glue: Path, t
     monkeypatch.setattr(run_mod, "train_loop", lambda *a, **k: pytest.fail("ran again"))
     assert run_mod.run(compose_cfg(base + ["trainer.progress=true"]), tmp_path)["created_at"] == first["created_at"]
     monkeypatch.undo()
-    # another max_steps in the same folder: stop naming the key ...
-    with pytest.raises(ConfigError, match=r"trainer.max_steps: 2 \(stored\) vs 3 \(now\)"):
-        run_mod.run(compose_cfg(base + ["trainer.max_steps=3", "on_config_change=error"]), tmp_path)
-    # ... or rerun
+    # another max_steps in the same folder: by default stop, naming the key and the override, writing nothing ...
+    before = (tmp_path / "result.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"finished run \(success\) of another config: trainer.max_steps: 2 -> 3\. "
+                                          r"Fix: on_config_change=rerun"):
+        run_mod.run(compose_cfg(base + ["trainer.max_steps=3"]), tmp_path)
+    assert (tmp_path / "result.json").read_bytes() == before
+    # ... or rerun, keeping the old run under replaced/<UTC time>/
     assert (tmp_path / "predictions" / "step_000002.jsonl").exists()
-    again = run_mod.run(compose_cfg(base + ["trainer.max_steps=3"]), tmp_path)
+    again = run_mod.run(compose_cfg(base + ["trainer.max_steps=3", "on_config_change=rerun"]), tmp_path)
     assert again["timing"]["steps"] == 3
+    [kept] = (tmp_path / "replaced").iterdir()
+    assert read_result(kept / "result.json")["created_at"] == first["created_at"]
+    assert sorted(p.name for p in (kept / "predictions").iterdir()) == ["step_000002.jsonl"]
     # the replaced run's evaluations went with it
     assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["step_000003.jsonl"]
-    # other code (e.g. an edited method): rerun
+    # other code (e.g. an edited method): another config, rerun when asked
     monkeypatch.setattr(run_mod, "code_fingerprint", lambda: "edited")
+    with pytest.raises(ConfigError, match=r"code: '\w+' -> 'edited'"):
+        run_mod.run(compose_cfg(base + ["trainer.max_steps=3"]), tmp_path)
     calls = []
     real = run_mod.train_loop
     monkeypatch.setattr(run_mod, "train_loop", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    assert run_mod.run(compose_cfg(base + ["trainer.max_steps=3"]), tmp_path)["config"]["code"] == "edited"
-    assert calls == [1]
+    rerun = compose_cfg(base + ["trainer.max_steps=3", "on_config_change=rerun"])
+    assert run_mod.run(rerun, tmp_path)["config"]["code"] == "edited"
+    assert calls == [1] and len(list((tmp_path / "replaced").iterdir())) == 2
 
 
 def test_truncated_result_is_not_done_and_analysis_lists_it(synthetic_glue: Path, tmp_path: Path, capsys) -> None:

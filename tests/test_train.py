@@ -48,7 +48,7 @@ def test_result_and_metrics_files_follow_the_schema(synthetic_glue: Path, tmp_pa
     assert {"pearson", "spearmanr", "score", "eval_loss"} <= set(result["metrics"]["final"])
     assert result["metrics"]["best_step"] in (3, 6)
     assert result["memory"]["backend"] == "cpu_rss" and result["memory"]["peak_rss_bytes"] > 0
-    assert result["timing"]["steps"] == 6 and result["timing"]["wall_s"] > 0
+    assert result["timing"]["steps"] == 6 and result["timing"]["total_s"] > 0
     assert result["env"]["versions"]["torch"] and "git_sha" in result["env"]
     assert result["config"]["task"]["data_dir"] == str(synthetic_glue)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -44,6 +44,11 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def launched_rank_and_world() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` as torchrun set them, before the process group starts (``(0, 1)`` otherwise)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def local_device(device: torch.device) -> torch.device:
     """``cuda`` -> this rank's GPU (LOCAL_RANK) under torchrun."""
     if device.type == "cuda" and device.index is None and rank_and_world()[1] > 1:

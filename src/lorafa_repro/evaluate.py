@@ -82,7 +82,7 @@ def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any
         raise
     finally:
         result["memory"].update(memory.summary())
-        result["timing"]["wall_s"] = time.perf_counter() - t0
+        result["timing"]["total_s"] = time.perf_counter() - t0
         write_json_atomic(out / "result.json", result)
     return result
 

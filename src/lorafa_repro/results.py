@@ -4,7 +4,7 @@
   schema_version, kind ("train" | "memory_probe" | "eval": an untrained model scored, lorafa_repro.evaluate),
   status ("success" | "failed" | "oom" | "diverged" | "interrupted" | "running"),
   error (null or a one-line reason; set for every status but success and running), config (resolved), metrics {final, best, best_step, main_metric},
-  memory {...}, params {trainable, total}, timing {wall_s, train_s, steps, ...},
+  memory {...}, params {trainable, total}, timing {total_s, train_s, eval_s, load_s, steps, ...},
   env {git_sha, git_dirty, python, versions, device}, created_at.
 """
 
@@ -271,8 +271,10 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] 
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not ignored(k) and a.get(k) != b.get(k)}
 
 
-def format_diff(diff: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{k}: {o!r} (stored) vs {n!r} (now)" for k, (o, n) in diff.items())
+def format_diff(diff: dict[str, tuple[Any, Any]], limit: int = 8) -> str:
+    """``key: stored -> now`` for the first ``limit`` keys of a :func:`config_diff`, on one line."""
+    text = ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(diff.items())[:limit])
+    return text + (f" and {len(diff) - limit} more" if len(diff) > limit else "")
 
 
 def is_done(run_dir: str | Path, config: dict[str, Any] | None = None, *, ignore: Iterable[str] = ()) -> bool:

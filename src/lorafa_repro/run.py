@@ -1,14 +1,18 @@
 """One training run, callable from Python and tests: ``run(cfg, output_dir) -> result dict``.
 
 A run directory holds ``result.json`` (status ``running`` from the start, so a killed run never reads as a
-success), ``metrics.jsonl``, ``predictions/`` and ``checkpoints/``. Rerunning into the same directory resumes
-from the newest checkpoint of the same config and code, and with ``skip_if_done`` reuses a finished result
-of the same config and code; a result or checkpoint of another config is replaced (``on_config_change=rerun``)
-or stops the run with the differing keys (``on_config_change=error``)."""
+success), ``metrics.jsonl``, ``predictions/``, ``checkpoints/`` and ``run.lock`` (one run at a time, see
+:mod:`lorafa_repro.rundir`). Rerunning into the same directory resumes from the newest good checkpoint of the
+same config and code (a bad newer one is skipped with a warning), and with ``skip_if_done`` reuses a finished
+result of the same config and code. A finished or resumable run of another config stops the run with the
+differing keys (``on_config_change=error``, the default) or is moved to ``replaced/<UTC time>/``
+(``on_config_change=rerun``); so is a successful run of the same config that is run again. Nothing is
+deleted."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import shutil
 import signal
@@ -22,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lorafa_repro import checkpoint as ckpt
 from lorafa_repro import distributed as dist
+from lorafa_repro import rundir
 from lorafa_repro.memory.peak import PeakMemory
 from lorafa_repro.methods import apply_method, get_method, method_options
 from lorafa_repro.models import build_model, build_tokenizer, count_parameters, enable_gradient_checkpointing
@@ -37,14 +42,25 @@ from lorafa_repro.results import (
 from lorafa_repro.local_models import check_reachable
 from lorafa_repro.schema import ConfigError, TrainConfig, validate
 from lorafa_repro.tasks import DataNotFoundError, build_task
-from lorafa_repro.trainer import Diverged, Interrupted, resolve_device, resolve_precision, train_loop
+from lorafa_repro.trainer import (
+    Diverged,
+    Interrupted,
+    StopRequested,
+    StopSignals,
+    resolve_device,
+    resolve_precision,
+    train_loop,
+)
+
+logger = logging.getLogger(__name__)
 
 #: Statuses a rerun with ``skip_if_done`` keeps (the same config and code would end the same way);
 #: ``interrupted``, ``running`` (killed) and unreadable results run again.
 FINAL_STATUSES = ("success", "failed", "oom", "diverged")
 #: Keys that do not change what a run computes: a stored result differing only in these is the same run.
 RUN_INVARIANT_KEYS = ("output_dir", "skip_if_done", "on_config_change", "trainer.progress", "trainer.num_workers",
-                      "trainer.checkpoint_every", "trainer.keep_checkpoints", "task.data_dir")
+                      "trainer.checkpoint_every", "trainer.keep_checkpoints", "task.data_dir",
+                      "trainer.divergence_factor")
 
 
 def set_seed(seed: int) -> None:
@@ -117,29 +133,48 @@ def prepare_task(cfg: DictConfig) -> tuple[Any, Any]:
     return task, tokenizer
 
 
+def _replace(out: Path, why: str) -> None:
+    """Rank 0 moves the old run aside (a rank reading after it finds an empty folder: the same fresh start)."""
+    if dist.launched_rank_and_world()[0] != 0:
+        return
+    moved = rundir.move_aside(out)
+    if moved is not None:
+        logger.warning("%s %s: moved it to %s and start afresh", out, why, moved)
+
+
 def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[str, Any] | None,
                                                                           dict[str, Any] | None]:
-    """``(stored result to reuse, checkpoint to resume)`` for ``out``; clears what belongs to another
-    config (``on_config_change=rerun``) or raises ConfigError naming the differences (``error``)."""
+    """``(stored result to reuse, checkpoint to resume)`` for ``out``. A finished or resumable run of another
+    config (or only unusable checkpoints) raises :class:`~lorafa_repro.rundir.RunDirError` naming it and the
+    override that reruns (``on_config_change=error``) or is moved aside (``rerun``), as is a successful run of
+    this config that is run again (without ``skip_if_done``) and a killed one of another config."""
     data, _ = try_read_result(out / "result.json")
-    latest = ckpt.latest_checkpoint(out)
-    state = ckpt.load_checkpoint(latest) if latest is not None else None
-    for what, stored in (("result", data), ("checkpoint", state)):
-        if stored is None:
-            continue
-        diff = config_diff(stored.get("config", {}), config, RUN_INVARIANT_KEYS)
-        if not diff:
-            continue
+    state, path, bad = ckpt.newest_good_checkpoint(out)
+    rerun = "Fix: on_config_change=rerun (keeps the old run under <output_dir>/replaced/) or another output_dir"
+    diff = next(filter(None, (config_diff(s.get("config", {}), config, RUN_INVARIANT_KEYS)
+                              for s in (data, state) if s is not None)), {})
+    finished = data is not None and data["status"] in FINAL_STATUSES
+    if diff:
+        if (finished or state is not None) and cfg.on_config_change == "error":
+            held = (f"a finished run ({data['status']})" if data is not None and finished
+                    else f"a resumable run (checkpoint of step {state['step']})")
+            raise rundir.RunDirError(f"{out} holds {held} of another config: {format_diff(diff)}. {rerun}")
+        _replace(out, "held a run of another config")
+        return None, None
+    if data is not None and finished:
+        if cfg.skip_if_done:
+            return data, None
+        if data["status"] == "success":
+            _replace(out, "held a finished run of this config, run again")
+            return None, None
+    if bad and state is None:
         if cfg.on_config_change == "error":
-            raise ConfigError(f"{out} holds a {what} of another run: {format_diff(diff)}. Fix: pick another "
-                              f"output directory, or on_config_change=rerun to replace it")
-        if what == "result":
-            data = None
-        else:
-            ckpt.remove_checkpoints(out)
-            state = None
-    if data is not None and cfg.skip_if_done and data["status"] in FINAL_STATUSES:
-        return data, None
+            raise rundir.RunDirError(f"{out} has no usable checkpoint ({bad[0][0].name}: {bad[0][1]}). "
+                                     f"{rerun.replace('(keeps', 'to start over from step 0 (keeps')}")
+        _replace(out, "had no usable checkpoint")
+        return None, None
+    for p, why in bad:
+        logger.warning("checkpoint %s is unusable (%s); resuming from %s", p, why, path.name if path else None)
     return None, state
 
 
@@ -147,9 +182,11 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     """Validate, build, train, evaluate; write ``result.json`` and ``metrics.jsonl`` to ``output_dir``.
 
     Raises :class:`~lorafa_repro.schema.ConfigError` before any model is loaded or anything is written when a
-    value is wrong or the data cannot be found (local folder or Hub). A run that fails later still writes
+    value is wrong, the data cannot be found (local folder or Hub) or the folder is in use or holds a run that
+    must not be replaced (:class:`~lorafa_repro.rundir.RunDirError`). A run that fails later still writes
     ``result.json`` with ``status`` ``failed`` / ``oom`` / ``diverged`` / ``interrupted`` and a one-line
-    reason in ``error``, then re-raises.
+    reason in ``error``, then re-raises. SIGTERM/SIGINT end it as ``interrupted`` (:class:`Interrupted`)
+    wherever they arrive.
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
@@ -157,55 +194,74 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     check_target_modules(cfg)
     out = Path(output_dir)
     config = {**OmegaConf.to_container(cfg, resolve=True), "code": code_fingerprint()}
-    reuse, resume = _previous(out, config, cfg)
+    # under torchrun rank 0 holds the lock; one process: stop at once where that is safe (see StopSignals)
+    rank, world = dist.launched_rank_and_world()
+    with rundir.locked(out) if rank == 0 else contextlib.nullcontext(), StopSignals(immediate=world == 1) as stops:
+        return _run_locked(cfg, out, config, stops)
+
+
+def _run_locked(cfg: DictConfig, out: Path, config: dict[str, Any], stops: StopSignals) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    with stops.deferred():  # moving an old run aside is not cut in half
+        reuse, resume = _previous(out, config, cfg)
     if reuse is not None:
         return reuse
-
-    device = resolve_device(cfg.trainer.device)
-    dist.init_from_env(device.type)
-    device = dist.local_device(device)
-    is_main = dist.rank_and_world()[0] == 0
-    if is_main:
-        dist.clear_failure(out)
-    dist.barrier()
-    set_seed(cfg.seed)
-    task, tokenizer = prepare_task(cfg)
+    try:
+        with stops.immediate_here():
+            device = resolve_device(cfg.trainer.device)
+            dist.init_from_env(device.type)
+            device = dist.local_device(device)
+            is_main = dist.rank_and_world()[0] == 0
+            if is_main:
+                dist.clear_failure(out)
+            dist.barrier()
+            set_seed(cfg.seed)
+            task, tokenizer = prepare_task(cfg)
+    except StopRequested as e:  # nothing written: the folder is as it was (a checkpoint still resumes)
+        raise Interrupted(e.signame, resume["step"] if resume else 0, None, during="the data loading") from None
+    load_s = time.perf_counter() - t0
 
     memory = PeakMemory(device)
     memory.reset()
     result = new_result("train", config)
     result["status"] = "running"
     result["memory"]["precision"] = resolve_precision(cfg.trainer.precision, device)
-    if is_main:
-        write_json_atomic(out / "result.json", result)
-        if resume is None:  # a fresh run: another run's evaluations must not sit beside this one's
-            shutil.rmtree(out / "predictions", ignore_errors=True)
-    log = MetricsLog(out / "metrics.jsonl" if is_main else None, keep_until_step=resume["step"] if resume else None)
-    t0 = time.perf_counter()
+    with stops.deferred():
+        if is_main:
+            write_json_atomic(out / "result.json", result)
+            if resume is None:  # a fresh run: another run's evaluations must not sit beside this one's
+                shutil.rmtree(out / "predictions", ignore_errors=True)
+        log = MetricsLog(out / "metrics.jsonl" if is_main else None,
+                         keep_until_step=resume["step"] if resume else None)
     local_failure = False  # an exception of this rank alone (not one every rank agreed on)
     try:
-        m = cfg.method
-        spec = get_method(m.name)
-        model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels)
-        # a 4-bit method quantizes on the CPU and moves the NF4 weights: the device never holds the fp32 ones
-        model = model if spec.quantize_4bit else model.to(device)
-        if cfg.trainer.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        precision = result["memory"]["precision"]
-        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        target = m.target_modules if m.target_modules is not None else (list(cfg.model.default_target_modules) or None)
-        model = apply_method(model, m.name, rank=m.rank, alpha=m.alpha, dropout=m.dropout, target_modules=target,
-                             compute_dtype=compute_dtype, **method_options(m)).to(device)
+        with stops.immediate_here():
+            t_load = time.perf_counter()
+            m = cfg.method
+            spec = get_method(m.name)
+            model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels)
+            # a 4-bit method quantizes on the CPU and moves the NF4 weights: the device never holds the fp32 ones
+            model = model if spec.quantize_4bit else model.to(device)
+            if cfg.trainer.gradient_checkpointing:
+                enable_gradient_checkpointing(model)
+            precision = result["memory"]["precision"]
+            compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+            target = m.target_modules if m.target_modules is not None else (list(cfg.model.default_target_modules)
+                                                                            or None)
+            model = apply_method(model, m.name, rank=m.rank, alpha=m.alpha, dropout=m.dropout, target_modules=target,
+                                 compute_dtype=compute_dtype, **method_options(m)).to(device)
+            load_s += time.perf_counter() - t_load
         memory.end_loading()  # the loading peak apart from the training steps' peak
         result["params"] = count_parameters(model)
         result["method_description"] = spec.description
         outcome = train_loop(model, task, tokenizer, trainer=cfg.trainer, optim=cfg.optim, method=m,
                              device=device, memory=memory, log=log, seed=cfg.seed, out_dir=out,
-                             resume=resume, checkpoint_extra={"config": config})
+                             resume=resume, checkpoint_extra={"config": config}, stops=stops)
         result["metrics"] = {"main_metric": task.main_metric, "final": outcome.final, "best": outcome.best,
                              "best_step": outcome.best_step, "first_loss": outcome.losses[0],
                              "last_loss": outcome.losses[-1]}
-        result["timing"] = {"steps": outcome.steps, "train_s": outcome.train_s, "tokens": outcome.tokens,
+        result["timing"] = {"steps": outcome.steps, "train_s": outcome.train_s, "eval_s": outcome.eval_s,
+                            "checkpoint_s": outcome.checkpoint_s, "tokens": outcome.tokens,
                             "tokens_per_s": outcome.tokens / max(outcome.train_s, 1e-9),
                             "resumed_from_step": outcome.resumed_from}
         result["status"] = "success"
@@ -217,6 +273,10 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         result["status"], result["error"] = "diverged", one_line(e)
         result["metrics"]["diverged_step"] = e.step
         raise
+    except StopRequested as e:  # while the model loads: the previous checkpoint, if any, still resumes
+        stop = Interrupted(e.signame, resume["step"] if resume else 0, None, during="the loading before training")
+        result["status"], result["error"] = "interrupted", one_line(stop)
+        raise stop from None
     except (Interrupted, KeyboardInterrupt) as e:  # Interrupted: every rank agreed (and checkpointed)
         result["status"], result["error"] = "interrupted", one_line(e) if str(e) else "KeyboardInterrupt"
         if isinstance(e, Interrupted) and e.checkpoint is not None:
@@ -228,9 +288,11 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         local_failure = True
         raise
     finally:
-        log.close()
-        result["timing"]["wall_s"] = time.perf_counter() - t0
-        _record_ranks(result, memory, out, local_failure)
+        with stops.deferred():  # a second Ctrl-C does not cut the record short
+            log.close()
+            result["timing"]["load_s"] = load_s
+            result["timing"]["total_s"] = time.perf_counter() - t0
+            _record_ranks(result, memory, out, local_failure)
     return result
 
 

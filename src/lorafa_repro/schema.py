@@ -174,6 +174,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     # Under torchrun with WORLD_SIZE > 1: ddp (replicated model) | fsdp (sharded). Ignored in one process.
     parallel: str = "ddp"
+    # Stop the run as `diverged` when the median of the last 10 step losses exceeds this factor x the step-1 loss
+    # (a NaN/Inf loss always stops it); null = off (e.g. a run whose first loss is already near 0).
+    divergence_factor: Optional[float] = 10.0
     # Fault injection for testing sweeps: "<nan|oom|error|sigterm|kill>@<step>[:rank<k>]" (faults.py); null = none
     # (the env var LORAFA_FAULT is read instead).
     fault: Optional[str] = None
@@ -192,9 +195,10 @@ class TrainConfig:
     # Skip the run when output_dir already holds a finished result.json (success, failed, oom or diverged)
     # of the same resolved config and code; interrupted, killed (running) or unreadable results rerun.
     skip_if_done: bool = False
-    # What a run does when output_dir holds a result or checkpoint of another config (or code):
-    # rerun (start afresh, overwriting it) | error (stop, naming the differing keys).
-    on_config_change: str = "rerun"
+    # What a run does when output_dir holds a finished or resumable run of another config (or code), or only
+    # unusable checkpoints: error (stop before writing anything, printing the differing keys) | rerun (move the
+    # old run to output_dir/replaced/<UTC time>/ and start afresh).
+    on_config_change: str = "error"
 
 
 def register_configs() -> None:
@@ -262,6 +266,9 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
         raise ConfigError(f"trainer.checkpoint_every must be >= 0, got {tr.checkpoint_every}. "
                           f"Fix: trainer.checkpoint_every=100 (or 0 for signals only)")
     _positive(tr.keep_checkpoints, "trainer.keep_checkpoints", "2")
+    if tr.divergence_factor is not None and not tr.divergence_factor > 1:
+        raise ConfigError(f"trainer.divergence_factor must be > 1 or null, got {tr.divergence_factor}. "
+                          f"Fix: trainer.divergence_factor=10 (or null to turn the check off)")
     if tr.fault is not None:
         from lorafa_repro.faults import parse
 
@@ -269,7 +276,7 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
             parse(tr.fault)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    _one_of(c.on_config_change, "on_config_change", ("rerun", "error"))
+    _one_of(c.on_config_change, "on_config_change", ("error", "rerun"))
     _check_device(tr.device, tr.precision, spec.name)
 
     _one_of(mo.arch, "model.arch", ARCHS)

@@ -6,8 +6,9 @@ Examples:
 
 A run that fails prints one line (no traceback unless HYDRA_FULL_ERROR=1) and exits non-zero: 2 bad config,
 3 out of memory, 4 diverged, 5 interrupted, 1 any other failure. In a multirun a failed cell is recorded in
-its result.json and the sweep goes on (SIGTERM/SIGINT stop it after the checkpoint); the sweep ends with a
-summary of the failed cells and exit code 1.
+its result.json and the sweep goes on (SIGTERM/SIGINT stop it after the checkpoint; a cell whose folder is in
+use or holds a run that must not be replaced stops it with exit code 2, leaving that folder alone); the sweep
+ends with a summary of the failed cells and exit code 1.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = run(cfg, output_dir)
     except ConfigError as e:
+        from lorafa_repro.rundir import RunDirError
+
+        if isinstance(e, RunDirError):  # the folder holds another run: leave it, and stop a sweep here too
+            return _fail("config", f"lorafa-train: error: {e}", multirun=False)
         if multirun:
             _record_config_error(output_dir, cfg, str(e))
         elif os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -76,6 +81,8 @@ def main(cfg: DictConfig) -> float | None:
         data, _ = try_read_result(Path(output_dir) / "result.json")
         status = data["status"] if data else "failed"
         reason = data["error"] if data else f"{type(e).__name__}: {e}"
+        if isinstance(e, Interrupted):  # perhaps before this run wrote result.json: its own words
+            status, reason = "interrupted", str(e)
         return _fail(status if status in EXIT_CODES else "failed",
                      f"lorafa-train: {status}: {reason} ({output_dir})", multirun)
     if result["status"] != "success":  # a finished failure reused by skip_if_done

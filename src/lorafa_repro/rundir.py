@@ -1,0 +1,96 @@
+"""A run directory's lifecycle: one run at a time, and an old run moved aside, never deleted.
+
+:func:`locked` holds an exclusive ``flock`` on ``<run dir>/run.lock`` for the whole run; the file names the
+holder (pid, host, start time). The kernel drops the lock when its holder exits in any way, SIGKILL included,
+so the lock of a dead run is simply taken over (with a warning naming it). :func:`move_aside` moves a run's
+files to ``<run dir>/replaced/<UTC time>/`` when another run takes the folder over."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+from lorafa_repro.schema import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = "run.lock"
+REPLACED_DIR = "replaced"
+#: What a training run writes (and what moves aside when another run replaces it).
+RUN_FILES = ("result.json", "metrics.jsonl", "predictions", "checkpoints")
+
+
+class RunDirError(ConfigError):
+    """The output folder's state stops the run (in use, or holding a run that must not be replaced); nothing
+    was written. Unlike other ConfigErrors it is never recorded in that folder."""
+
+
+def _holder_text(raw: str) -> str:
+    try:
+        h = json.loads(raw)
+        return f"pid {h['pid']} on host {h['host']}, started {h['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder not recorded yet"
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock for the block; another holder -> :class:`RunDirError` naming it. A folder
+    this call created and that holds nothing else at the end (the run stopped before writing) is removed."""
+    created = not run_dir.exists()
+    path = run_dir / LOCK_FILE
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise ConfigError(f"cannot create {path} ({e.strerror}). Fix: output_dir=<a writable folder>") from None
+    with os.fdopen(fd, "r+") as f:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{run_dir} is in use by another run ({_holder_text(f.read())}). Fix: wait for it "
+                              f"to end, or pick another output_dir") from None
+        except OSError as e:  # e.g. Lustre mounted without -o flock
+            logger.warning("cannot lock %s (%s): runs into this folder are not kept apart", run_dir, e.strerror)
+        if not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino:  # removed by a holder leaving
+            raise RunDirError(f"{run_dir} was just released by another run. Fix: run the command again")
+        stale = f.read().strip()
+        if stale:  # the kernel released it, so its holder is gone
+            logger.warning("took over the lock of a run that ended without releasing it (%s)", _holder_text(stale))
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        f.flush()
+        try:
+            yield
+        finally:  # released in order: an empty lock file, or no folder if this run made it and wrote nothing
+            f.seek(0)
+            f.truncate()
+            if created and os.listdir(run_dir) == [LOCK_FILE]:
+                path.unlink()
+                with contextlib.suppress(OSError):  # another run has just put a file there
+                    run_dir.rmdir()
+
+
+def move_aside(run_dir: Path) -> Path | None:
+    """Move the run's files (:data:`RUN_FILES`) to ``run_dir/replaced/<UTC time>/``; that folder, or None
+    when there was nothing to move."""
+    present = [run_dir / n for n in RUN_FILES if (run_dir / n).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+    dest, n = run_dir / REPLACED_DIR / stamp, 1
+    while dest.exists():
+        dest, n = run_dir / REPLACED_DIR / f"{stamp}_{n}", n + 1
+    dest.mkdir(parents=True)
+    for p in present:
+        os.replace(p, dest / p.name)
+    return dest
