@@ -54,6 +54,11 @@ def check_config(task_cfg: Any) -> None:
                              "Fix: task.eval_seq_lens=[2048]")
 
 
+def max_tokens(task_cfg: Any) -> int:
+    """Training chunks of max_seq_len tokens; evaluation also at each of eval_seq_lens."""
+    return max([task_cfg.max_seq_len, *(task_cfg.eval_seq_lens or [])])
+
+
 def check_local_data(name: str, data_dir: Path, task_cfg: Any = None) -> None:
     if task_cfg is None or not task_cfg.get("train_file"):
         raise DataNotFoundError(f"task lm/{name}: a local data_dir needs task.train_file. "
