@@ -16,11 +16,12 @@ first few steps; it gives no numbers for the figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from lorafa_repro.cli import ArgumentParser, check_output_path, fail, print_written, user_errors
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ft", "lora", "lora_fa")
@@ -188,21 +189,21 @@ def render(results: Path, out: Path, model: str = "roberta-base",
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="analysis/fig2_convergence.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "glue_methods")
     p.add_argument("--out", type=Path, default=REPO / "results")
     p.add_argument("--model", default="roberta-base",
                    help='model name of pretrained runs; "<name> (random init)" for shipped architectures')
     p.add_argument("--tasks", default="cola,sst2")
     a = p.parse_args(argv)
+    with user_errors(p.prog):
+        check_output_path(a.out, "--out", folder=True)
     tasks = tuple(a.tasks.split(","))
     if not load_curves(a.results, a.model, list(tasks)):
-        print(f"no successful {a.model} runs on {', '.join(tasks)} under {a.results}. Fix: run the sweep first, e.g.\n"
-              "  python -m lorafa_repro.train --config-dir sweeps --config-name glue_methods "
-              "task=glue/cola,glue/sst2 task.data_dir=<glue_data>", file=sys.stderr)
-        return 1
-    for path in render(a.results, a.out, a.model, tasks):
-        print(f"wrote {path}")
+        fail(p.prog, f"no successful {a.model} runs on {', '.join(tasks)} under {a.results}. Fix: run the sweep "
+                     "first, e.g. python -m lorafa_repro.train --config-dir sweeps --config-name glue_methods "
+                     "task=glue/cola,glue/sst2 task.data_dir=<glue_data>")
+    print_written(*render(a.results, a.out, a.model, tasks))
     return 0
 
 

@@ -14,12 +14,13 @@ rank and its best learning rate.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import pandas as pd
+
+from lorafa_repro.cli import ArgumentParser, check_output_path, fail, print_written, user_errors
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("lora", "lora_fa")
@@ -150,20 +151,20 @@ def render(results: Path, out: Path, model: str = "roberta-base", task: str = "m
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="analysis/fig4_rank_lr_heatmap.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "rank_lr_mrpc")
     p.add_argument("--out", type=Path, default=REPO / "results")
     p.add_argument("--model", default="roberta-base",
                    help='model name of pretrained runs; "<name> (random init)" for shipped architectures')
     p.add_argument("--task", default="mrpc")
     a = p.parse_args(argv)
+    with user_errors(p.prog):
+        check_output_path(a.out, "--out", folder=True)
     if load_grid(a.results, a.model, a.task).empty:
-        print(f"no successful LoRA / LoRA-FA {a.model} runs on {a.task} under {a.results}. Fix: run the sweep "
-              "first, e.g.\n  python -m lorafa_repro.train --config-dir sweeps --config-name rank_lr_mrpc "
-              "task.data_dir=<glue_data>", file=sys.stderr)
-        return 1
-    for path in render(a.results, a.out, a.model, a.task):
-        print(f"wrote {path}")
+        fail(p.prog, f"no successful LoRA / LoRA-FA {a.model} runs on {a.task} under {a.results}. Fix: run the "
+                     "sweep first, e.g. python -m lorafa_repro.train --config-dir sweeps --config-name rank_lr_mrpc "
+                     "task.data_dir=<glue_data>")
+    print_written(*render(a.results, a.out, a.model, a.task))
     return 0
 
 

@@ -15,10 +15,12 @@ the number of configurations searched). Cells with no run are left empty.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from lorafa_repro.cli import ArgumentParser, check_output_path, fail, print_written, user_errors
 from lorafa_repro.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,14 +80,23 @@ def render(results: Path, out: Path) -> pd.DataFrame:
     return table
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="analysis/table1.py", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "glue_methods")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "table1")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    with user_errors(ap.prog):
+        check_output_path(args.out, "--out", folder=True)
+    if ours(args.results).empty:
+        fail(ap.prog, f"no successful GLUE training runs under {args.results}. Fix: run the sweep first (python -m "
+                      "lorafa_repro.train --config-dir sweeps --config-name glue_methods task.data_dir=<glue_data>) "
+                      "or pass --results <its folder>")
     render(args.results, args.out)
     print((args.out / "table1.md").read_text())
+    print_written(args.out / "table1.md", args.out / "table1.csv")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
