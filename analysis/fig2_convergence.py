@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lorafa_repro.cli import ArgumentParser, check_output_path, fail, print_written, user_errors
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ft", "lora", "lora_fa")
@@ -196,13 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                    help='model name of pretrained runs; "<name> (random init)" for shipped architectures')
     p.add_argument("--tasks", default="cola,sst2")
     a = p.parse_args(argv)
-    with user_errors(p.prog):
-        check_output_path(a.out, "--out", folder=True)
     tasks = tuple(a.tasks.split(","))
-    if not load_curves(a.results, a.model, list(tasks)):
-        fail(p.prog, f"no successful {a.model} runs on {', '.join(tasks)} under {a.results}. Fix: run the sweep "
-                     "first, e.g. python -m lorafa_repro.train --config-dir sweeps --config-name glue_methods "
-                     "task=glue/cola,glue/sst2 task.data_dir=<glue_data>")
+    check_renderer(p.prog, a.out, bool(load_curves(a.results, a.model, list(tasks))),
+                   f"no successful {a.model} runs on {', '.join(tasks)} under {a.results}. Fix: run the sweep "
+                   "first, e.g. python -m lorafa_repro.train --config-dir sweeps --config-name glue_methods "
+                   "task=glue/cola,glue/sst2 task.data_dir=<glue_data>")
     print_written(*render(a.results, a.out, a.model, tasks))
     return 0
 

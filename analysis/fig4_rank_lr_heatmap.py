@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorafa_repro.cli import ArgumentParser, check_output_path, fail, print_written, user_errors
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("lora", "lora_fa")
@@ -158,12 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                    help='model name of pretrained runs; "<name> (random init)" for shipped architectures')
     p.add_argument("--task", default="mrpc")
     a = p.parse_args(argv)
-    with user_errors(p.prog):
-        check_output_path(a.out, "--out", folder=True)
-    if load_grid(a.results, a.model, a.task).empty:
-        fail(p.prog, f"no successful LoRA / LoRA-FA {a.model} runs on {a.task} under {a.results}. Fix: run the "
-                     "sweep first, e.g. python -m lorafa_repro.train --config-dir sweeps --config-name rank_lr_mrpc "
-                     "task.data_dir=<glue_data>")
+    check_renderer(p.prog, a.out, not load_grid(a.results, a.model, a.task).empty,
+                   f"no successful LoRA / LoRA-FA {a.model} runs on {a.task} under {a.results}. Fix: run the "
+                   "sweep first, e.g. python -m lorafa_repro.train --config-dir sweeps --config-name rank_lr_mrpc "
+                   "task.data_dir=<glue_data>")
     print_written(*render(a.results, a.out, a.model, a.task))
     return 0
 

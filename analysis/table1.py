@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorafa_repro.cli import ArgumentParser, check_output_path, fail, print_written, user_errors
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 from lorafa_repro.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "glue_methods")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "table1")
     args = ap.parse_args(argv)
-    with user_errors(ap.prog):
-        check_output_path(args.out, "--out", folder=True)
-    if ours(args.results).empty:
-        fail(ap.prog, f"no successful GLUE training runs under {args.results}. Fix: run the sweep first (python -m "
-                      "lorafa_repro.train --config-dir sweeps --config-name glue_methods task.data_dir=<glue_data>) "
-                      "or pass --results <its folder>")
+    check_renderer(ap.prog, args.out, not ours(args.results).empty,
+                   f"no successful GLUE training runs under {args.results}. Fix: run the sweep first (python -m "
+                   "lorafa_repro.train --config-dir sweeps --config-name glue_methods task.data_dir=<glue_data>) "
+                   "or pass --results <its folder>")
     render(args.results, args.out)
     print((args.out / "table1.md").read_text())
     print_written(args.out / "table1.md", args.out / "table1.csv")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorafa_repro.cli import ArgumentParser, check_output_path, fail, print_written, user_errors
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 from lorafa_repro.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,11 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "results" / "table2")
     ap.add_argument("--no-paper", action="store_true", help="only our rows (CPU demos of other models)")
     args = ap.parse_args(argv)
-    with user_errors(ap.prog):
-        check_output_path(args.out, "--out", folder=True)
-    if ours(args.results).empty:
-        fail(ap.prog, f"no successful WMT16 training runs under {args.results}. Fix: run the sweep first "
-                      "(python -m lorafa_repro.train --config-dir sweeps --config-name table2_wmt16; make cpu-demo-wmt16 on a CPU) or pass --results <its folder>")
+    check_renderer(ap.prog, args.out, not ours(args.results).empty,
+                   f"no successful WMT16 training runs under {args.results}. Fix: run the sweep first (python -m "
+                   "lorafa_repro.train --config-dir sweeps --config-name table2_wmt16, or make cpu-demo-wmt16 on a "
+                   "CPU) or pass --results <its folder>")
     render(args.results, args.out, with_paper=not args.no_paper)
     print((args.out / "table2.md").read_text())
     print_written(*(args.out / f"table2.{ext}" for ext in ("md", "csv", "tex")))

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from lorafa_repro.cli import ArgumentParser, check_output_path, fail, print_written, user_errors
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 from lorafa_repro.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,11 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=Path, default=None, help="default: <results>/base")
     p.add_argument("--out", type=Path, default=REPO / "results" / "table3")
     a = p.parse_args(argv)
-    with user_errors(p.prog):
-        check_output_path(a.out, "--out", folder=True)
-    if ours(a.results).empty:
-        fail(p.prog, f"no successful instruction-tuning runs under {a.results}. Fix: run the sweep first (make "
-                     "table3-sweep on a GPU, make cpu-demo-mmlu on a CPU) or pass --results <its folder>")
+    check_renderer(p.prog, a.out, not ours(a.results).empty,
+                   f"no successful instruction-tuning runs under {a.results}. Fix: run the sweep first (make "
+                   "table3-sweep on a GPU, make cpu-demo-mmlu on a CPU) or pass --results <its folder>")
     render(a.results, a.base if a.base is not None else a.results / "base", a.out)
     print((a.out / "table3.md").read_text())
     print_written(a.out / "table3.md", a.out / "table3.csv")

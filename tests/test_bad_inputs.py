@@ -76,8 +76,8 @@ class Case:
 T = ("model=tiny_roberta", "trainer=tiny", "task=glue/mrpc", "task.data_dir={glue}", "task.max_eval_samples=16",
      "output_dir={out}")
 W = ("model=tiny_t5", "trainer=tiny", "task=wmt16/en_ro", "task.data_dir={data}/wmt", "output_dir={out}")
-I = ("model=tiny_llama", "trainer=tiny", "task=instruct/alpaca", "task.data_dir={data}/alpaca", "task.train_file=a.json",
-     "task.mmlu_dir={data}/mmlu", "task.mmlu_subjects=[anatomy]", "task.mmlu_eval_subjects=[anatomy]",
+I = ("model=tiny_llama", "trainer=tiny", "task=instruct/alpaca", "task.data_dir={data}/alpaca",
+     "task.train_file=a.json", "task.mmlu_dir={data}/mmlu", "task.mmlu_subjects=[anatomy]", "task.mmlu_eval_subjects=[anatomy]",
      "task.max_seq_len=256", "output_dir={out}")
 M = ("--model", "{data}/no_model", "--data-dir", "{data}/mmlu", "--subjects", "anatomy", "--out", "{out}/mmlu.json")
 P = ("--model", "tiny-roberta", "--method", "lora_fa", "--backend", "simulate", "--out", "{out}/probe")
@@ -112,7 +112,8 @@ CASES: dict[str, Case] = {
     "wmt16 not UTF-8": Case("train", W, "corpus.ro, line 2: not UTF-8", _edit("wmt/corpus.ro", NOT_UTF8)),
     "wmt16 misaligned": Case("train", W, "must be aligned", _edit("wmt/corpus.ro", "one line\n")),
     "alpaca empty file": Case("train", I, "holds no records", _edit("alpaca/a.json", "")),
-    "alpaca not JSON": Case("train", I, "a.json, line 2: not JSON", _edit("alpaca/a.json", '{"instruction": "a"}\n{oops\n')),
+    "alpaca not JSON": Case("train", I, "a.json, line 2: not JSON",
+                            _edit("alpaca/a.json", '{"instruction": "a"}\n{oops\n')),
     "alpaca field missing": Case("train", I, "lacks field(s) ['output']",
                                  _edit("alpaca/a.json", '[{"instruction": "a", "input": ""}]')),
     "train mmlu answer E": Case("train", I, "line 2: answer 'E'", _edit("mmlu/dev/anatomy_dev.csv",
@@ -144,7 +145,8 @@ CASES: dict[str, Case] = {
     "probe seq len past positions": Case("probe", (*P, "--seq-len", "1000"), "159 usable positions"),
     "probe batch 0": Case("probe", (*P, "--batch-size", "0"), "--batch-size"),
     "probe out under a file": Case("probe", (*P, "--out", UNDER_A_FILE), "is a regular file"),
-    "probe no such model": Case("probe", (*P, "--model", "{data}/nope/config.json"), "cannot read a transformers config"),
+    "probe no such model": Case("probe", (*P, "--model", "{data}/nope/config.json"),
+                                "cannot read a transformers config"),
     "plan seq len past positions": Case("plan", ("--model", "roberta-base", "--seq-len", "2048", "--out",
                                                  "{out}/plan.json"), "512 usable positions"),
     "plan rank 0": Case("plan", ("--model", "roberta-base", "--rank", "0"), "--rank"),
@@ -190,7 +192,10 @@ def _call(entry: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, hydra_di
             import lorafa_repro.train
 
             GlobalHydra.instance().clear()
-            monkeypatch.setattr(sys, "argv", [entry, *argv, f"hydra.run.dir={hydra_dir}"])
+            # Hydra's logging setup (dictConfig) would close handlers other imports (absl, via rouge_score) hold
+            # on pytest's captured stderr: no logging config in-process (it does not touch the error path)
+            monkeypatch.setattr(sys, "argv", [entry, *argv, f"hydra.run.dir={hydra_dir}", "hydra/job_logging=none",
+                                              "hydra/hydra_logging=none"])
             {"train": lorafa_repro.train, "evaluate": lorafa_repro.evaluate}[entry].main()
         elif entry.startswith("analysis/"):
             _analysis(entry.split("/")[1]).main(argv)
@@ -282,8 +287,7 @@ def test_bad_inputs_end_in_one_line_and_lose_nothing(synthetic_glue: Path, tmp_p
         if report[name]:
             report[name].append(f"stderr: {err.strip()[-600:]!r}")
     clean = sum(not v for v in report.values())
-    with capsys.disabled():
-        print(f"\nbad inputs tried {len(CASES)}, clean {clean}, results lost {lost}")
+    print(f"bad inputs tried {len(CASES)}, clean {clean}, results lost {lost}")
     failed = {k: v for k, v in report.items() if v}
     assert not failed, "\n".join(f"{k}: {'; '.join(v)}" for k, v in failed.items())
     assert lost == 0
@@ -327,7 +331,6 @@ def test_position_limit_is_where_the_real_model_breaks(model: str) -> None:
             net(input_ids=torch.full((1, limit + 1), 7))
 
 
-@pytest.mark.slow
 def test_the_real_command_line_exits_2_with_one_line(tmp_path: Path) -> None:
     """The same path through ``python -m``: a Hydra error and a plan refusal, one line each, exit code 2."""
     for argv in (["lorafa_repro.train", "model=tiny_roberta", "trainer.foo=1", f"hydra.run.dir={tmp_path}"],

@@ -7,9 +7,9 @@ that does not compose) is ONE line on stderr, ``<prog>: error: <the problem>. Fi
 
 The pieces: :func:`fail` (print the line, exit 2), :func:`user_errors` (a ``with`` block turning ConfigError and
 the given exception types into :func:`fail`), :class:`ArgumentParser` (argparse whose usage errors are one line),
-:func:`check_output_path` (a file or folder that cannot be created is a ConfigError), :func:`print_written`
-(how a renderer names what it wrote) and :func:`hydra_entry` (Hydra's own composition errors as one line and
-exit 2).
+:func:`check_output_path` (a file or folder that cannot be created is a ConfigError), :func:`check_renderer` and
+:func:`print_written` (a renderer's checks, and how it names what it wrote) and :func:`hydra_entry` (Hydra's own
+composition errors as one line and exit 2).
 """
 
 from __future__ import annotations
@@ -79,6 +79,15 @@ def check_output_path(path: str | Path, what: str, *, folder: bool = False) -> N
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {p} cannot be written: no write permission on {parent}. "
                           f"Fix: pick another {what}, in a folder you can write")
+
+
+def check_renderer(prog: str, out: str | Path, found: bool, missing: str) -> None:
+    """A renderer's checks before it renders: ``out`` must be a creatable folder, and with nothing ``found`` to
+    render it stops with ``missing`` (the one line, with its Fix) instead of writing an empty table."""
+    with user_errors(prog):
+        check_output_path(out, "--out", folder=True)
+    if not found:
+        fail(prog, missing)
 
 
 def print_written(*paths: str | Path) -> None:
