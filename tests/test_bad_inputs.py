@@ -37,13 +37,16 @@ def _mmlu_rows(n: int, answer: str = "A") -> str:
 
 
 def _write_data(root: Path) -> None:
-    """Small valid copies of every local format the cases then break: MMLU (Hendrycks' CSVs), Alpaca, WMT16."""
+    """Small valid copies of every local format the cases then break: MMLU (Hendrycks' CSVs), Alpaca, plain
+    text, WMT16."""
     for split, n in (("dev", 5), ("test", 3)):
         (root / "mmlu" / split).mkdir(parents=True)
         (root / "mmlu" / split / f"anatomy_{split}.csv").write_text(_mmlu_rows(n))
     (root / "alpaca").mkdir()
     (root / "alpaca" / "a.json").write_text(json.dumps(
         [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(4)]))
+    (root / "lm").mkdir()
+    (root / "lm" / "t.txt").write_text("Some plain text to model. " * 40)
     (root / "wmt").mkdir()
     for stem, n in (("corpus", 4), ("newsdev2016", 2)):
         for lang in ("en", "ro"):
@@ -79,6 +82,8 @@ W = ("model=tiny_t5", "trainer=tiny", "task=wmt16/en_ro", "task.data_dir={data}/
 I = ("model=tiny_llama", "trainer=tiny", "task=instruct/alpaca", "task.data_dir={data}/alpaca",
      "task.train_file=a.json", "task.mmlu_dir={data}/mmlu", "task.mmlu_subjects=[anatomy]", "task.mmlu_eval_subjects=[anatomy]",
      "task.max_seq_len=256", "output_dir={out}")
+L = ("model=tiny_llama", "trainer=tiny", "task=lm/text", "task.data_dir={data}/lm", "task.train_file=t.txt",
+     "task.max_seq_len=64", "output_dir={out}")
 M = ("--model", "{data}/no_model", "--data-dir", "{data}/mmlu", "--subjects", "anatomy", "--out", "{out}/mmlu.json")
 P = ("--model", "tiny-roberta", "--method", "lora_fa", "--backend", "simulate", "--out", "{out}/probe")
 UNDER_A_FILE = "{out}/result.json/sub"  # a path below the finished result.json: a regular file
@@ -111,6 +116,9 @@ CASES: dict[str, Case] = {
                                lambda d: [_edit(f"wmt/corpus.{x}", "")(d) for x in ("en", "ro")]),
     "wmt16 not UTF-8": Case("train", W, "corpus.ro, line 2: not UTF-8", _edit("wmt/corpus.ro", NOT_UTF8)),
     "wmt16 misaligned": Case("train", W, "must be aligned", _edit("wmt/corpus.ro", "one line\n")),
+    "alpaca not UTF-8": Case("train", I, "a.json, line 2: not UTF-8", _edit("alpaca/a.json", NOT_UTF8)),
+    "lm text not UTF-8": Case("train", L, "t.txt, line 2: not UTF-8", _edit("lm/t.txt", NOT_UTF8)),
+    "lm text too short": Case("train", L, "fewer than 1 held-out + 1 training", _edit("lm/t.txt", "short")),
     "alpaca empty file": Case("train", I, "holds no records", _edit("alpaca/a.json", "")),
     "alpaca not JSON": Case("train", I, "a.json, line 2: not JSON",
                             _edit("alpaca/a.json", '{"instruction": "a"}\n{oops\n')),
@@ -302,7 +310,7 @@ def test_good_inputs_pass_the_same_checks(synthetic_glue: Path, tmp_path: Path) 
     from conftest import compose_cfg
 
     _write_data(tmp_path)
-    for args in (T, W, I, (*T, "task.max_seq_len=159"), (*T, "trainer.max_steps=-1")):
+    for args in (T, W, I, L, (*T, "task.max_seq_len=159"), (*T, "trainer.max_steps=-1")):
         argv = [a.format(data=tmp_path, glue=synthetic_glue, out=tmp_path / "out") for a in args]
         validate(compose_cfg(argv))
     mmlu.check_local_mmlu(tmp_path / "mmlu", "test", ["anatomy"], k_shot=5)

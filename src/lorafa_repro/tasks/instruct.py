@@ -31,7 +31,7 @@ from torch import nn
 from lorafa_repro import mmlu
 from lorafa_repro.results import write_jsonl_atomic
 from lorafa_repro.tasks.causal_lm import causal_collate, encode_prompt_response
-from lorafa_repro.tasks.glue_data import DataNotFoundError
+from lorafa_repro.tasks.glue_data import DataNotFoundError, read_utf8
 
 #: the task names; each one's Hub source, fields and template are in conf/task/instruct/<name>.yaml
 TASKS = ("alpaca", "flan_v2")
@@ -138,10 +138,7 @@ def check_mmlu_data(c: Any) -> None:
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """A JSON list of objects, or JSON Lines; a file that is neither is a DataNotFoundError naming the line."""
     fix = "Fix: task.train_file=<a UTF-8 JSON list of objects or JSONL file>"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataNotFoundError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}). {fix}") from None
+    text = read_utf8(path, fix)
     is_list = text.lstrip().startswith("[")
     docs = [(1, text)] if is_list else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     records: list[Any] = []

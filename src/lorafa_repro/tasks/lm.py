@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lorafa_repro.results import write_jsonl_atomic
-from lorafa_repro.tasks.glue_data import DataNotFoundError
+from lorafa_repro.tasks.glue_data import DataNotFoundError, read_utf8
 
 #: task names; europarl_en = the English side of ../shared/data/wmt16_en_ro/corpus.en (conf/task/lm/*.yaml)
 TASKS = ("europarl_en", "text")
@@ -128,7 +128,7 @@ class LMTask:
     def documents(self) -> list[str]:
         c = self.cfg
         if c.data_dir is not None:
-            return [(Path(c.data_dir) / c.train_file).read_text(encoding="utf-8")]
+            return [read_utf8(Path(c.data_dir) / c.train_file, "Fix: task.train_file=<a UTF-8 text file>")]
         from datasets import load_dataset
 
         try:

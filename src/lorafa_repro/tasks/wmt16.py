@@ -36,7 +36,7 @@ from torch import nn
 
 from lorafa_repro.results import write_jsonl_atomic
 from lorafa_repro.tasks.causal_lm import causal_collate, encode_prompt, encode_prompt_response, pad_rows
-from lorafa_repro.tasks.glue_data import DataNotFoundError
+from lorafa_repro.tasks.glue_data import DataNotFoundError, read_utf8
 
 #: task name -> (source language, target language, Hub config)
 PAIRS: dict[str, tuple[str, str, str]] = {"en_ro": ("en", "ro", "ro-en")}
@@ -96,13 +96,7 @@ def split_files(data_dir: str | Path, cfg: Any, split: str) -> tuple[Path, Path]
 def _read_lines(path: Path) -> list[str]:
     """Lines split on "\\n" only (``str.splitlines`` would also split on U+2028 and friends and misalign); text
     that is not UTF-8 is a DataNotFoundError naming the file and line."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataNotFoundError(f"{path}, line {line}: not UTF-8 text ({e.reason}). "
-                                f"Fix: re-encode {path.name} as UTF-8 (e.g. iconv -t UTF-8)") from None
+    text = read_utf8(path, f"Fix: re-encode {path.name} as UTF-8 (e.g. iconv -t UTF-8)")
     if text.endswith("\n"):
         text = text[:-1]
     return [line.rstrip("\r") for line in text.split("\n")] if text else []
