@@ -19,7 +19,6 @@ for the figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lorafa_repro.stats import mean_sd, steps_to_fraction
+
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ft", "lora", "lora_fa")
@@ -246,7 +247,7 @@ def render(results: Path, out: Path, model: str = "roberta-base",
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="analysis/fig2_convergence.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "glue_methods")
     p.add_argument("--out", type=Path, default=REPO / "results")
     p.add_argument("--model", default="roberta-base",
@@ -255,13 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraction", type=float, default=0.95, help="steps to this fraction of the final dev score")
     a = p.parse_args(argv)
     tasks = tuple(a.tasks.split(","))
-    if not load_curves(a.results, a.model, list(tasks)):
-        print(f"no successful {a.model} runs on {', '.join(tasks)} under {a.results}. Fix: run the sweep first, e.g.\n"
-              "  python -m lorafa_repro.train --config-dir sweeps --config-name glue_methods "
-              "task=glue/cola,glue/sst2 task.data_dir=<glue_data>", file=sys.stderr)
-        return 1
-    for path in render(a.results, a.out, a.model, tasks, a.fraction):
-        print(f"wrote {path}")
+    check_renderer(p.prog, a.out, bool(load_curves(a.results, a.model, list(tasks))),
+                   f"no successful {a.model} runs on {', '.join(tasks)} under {a.results}. Fix: run the sweep "
+                   "first, e.g. python -m lorafa_repro.train --config-dir sweeps --config-name glue_methods "
+                   "task=glue/cola,glue/sst2 task.data_dir=<glue_data>")
+    print_written(*render(a.results, a.out, a.model, tasks, a.fraction))
     return 0
 
 

@@ -18,13 +18,13 @@ method and scaling, side by side, one colour scale) and <out>/fig4_rank_lr_heatm
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 from lorafa_repro.stats import (SeedGrid, argmax_lr, best_lr_spearman, mean_rows, mean_sd, spearman,
                                 spearman_seed_bootstrap)
 
@@ -241,7 +241,7 @@ def render(results: Path, out: Path, model: str = "roberta-base", task: str = "m
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="analysis/fig4_rank_lr_heatmap.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "rank_lr_mrpc")
     p.add_argument("--out", type=Path, default=REPO / "results")
     p.add_argument("--model", default="roberta-base",
@@ -249,13 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="mrpc")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws for the Spearman interval")
     a = p.parse_args(argv)
-    if load_grid(a.results, a.model, a.task).empty:
-        print(f"no successful LoRA / LoRA-FA {a.model} runs on {a.task} under {a.results}. Fix: run the sweep "
-              "first, e.g.\n  python -m lorafa_repro.train --config-dir sweeps --config-name rank_lr_mrpc "
-              "task.data_dir=<glue_data>", file=sys.stderr)
-        return 1
-    for path in render(a.results, a.out, a.model, a.task, a.n_boot):
-        print(f"wrote {path}")
+    check_renderer(p.prog, a.out, not load_grid(a.results, a.model, a.task).empty,
+                   f"no successful LoRA / LoRA-FA {a.model} runs on {a.task} under {a.results}. Fix: run the "
+                   "sweep first, e.g. python -m lorafa_repro.train --config-dir sweeps --config-name rank_lr_mrpc "
+                   "task.data_dir=<glue_data>")
+    print_written(*render(a.results, a.out, a.model, a.task, a.n_boot))
     return 0
 
 

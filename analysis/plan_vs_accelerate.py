@@ -86,7 +86,7 @@ def main() -> int:
         ours = our_numbers(config_dir)
         print(f"{config_dir.name}: accelerate fp16 training {g(acc['float16']['training_adam_bytes'])} GiB | ours "
               + ", ".join(f"{r['method']} {r['peak_gib']:.2f}" for r in ours["bf16"]["methods"])
-              + f" GiB", flush=True)
+              + " GiB", flush=True)
         rows.append({"name": config_dir.name, "source": source, "accelerate": acc, "ours": ours})
     write_json_atomic(OUT / "comparison.json", {"seq_len": SEQ_LEN, "batch_size": BATCH, "rank": RANK,
                                                  "budget_gb": BUDGET_GB, "models": rows})

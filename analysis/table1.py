@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 from lorafa_repro.results import load_results
 from lorafa_repro.stats import mean_sd, paired_t_interval
 
@@ -141,19 +143,26 @@ def render(results: Path, out: Path) -> pd.DataFrame:
     return table
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="analysis/table1.py", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "glue_methods")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "table1")
     ap.add_argument("--chosen", action="store_true", help="print each cell's chosen 'task method lr' and stop")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.chosen:
         for task, method, lr in chosen(args.results):
             print(task, method, f"{lr:g}")
         return
+    check_renderer(ap.prog, args.out, not ours(args.results).empty,
+                   f"no successful GLUE training runs under {args.results}. Fix: run the sweep first (python -m "
+                   "lorafa_repro.train --config-dir sweeps --config-name glue_methods task.data_dir=<glue_data>) "
+                   "or pass --results <its folder>")
     render(args.results, args.out)
     print((args.out / "table1.md").read_text())
+    print_written(args.out / "table1.md", args.out / "table1.csv")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,10 +16,12 @@ table2.tex. --no-paper leaves the paper's rows out (for CPU demos of other model
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 from lorafa_repro.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,15 +147,22 @@ def _latex(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="analysis/table2.py", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "table2_wmt16")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "table2")
     ap.add_argument("--no-paper", action="store_true", help="only our rows (CPU demos of other models)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    check_renderer(ap.prog, args.out, not ours(args.results).empty,
+                   f"no successful WMT16 training runs under {args.results}. Fix: run the sweep first (python -m "
+                   "lorafa_repro.train --config-dir sweeps --config-name table2_wmt16, or make cpu-demo-wmt16 on a "
+                   "CPU) or pass --results <its folder>")
     render(args.results, args.out, with_paper=not args.no_paper)
     print((args.out / "table2.md").read_text())
+    print_written(*(args.out / f"table2.{ext}" for ext in ("md", "csv", "tex")))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,14 +18,15 @@ right. Writes <out>/table3.md and table3.csv.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
 from lorafa_repro.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,15 +135,20 @@ def render(results: Path, base_dir: Path, out: Path) -> pd.DataFrame:
     return table
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="analysis/table3.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "table3")
     p.add_argument("--base", type=Path, default=None, help="default: <results>/base")
     p.add_argument("--out", type=Path, default=REPO / "results" / "table3")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    check_renderer(p.prog, a.out, not ours(a.results).empty,
+                   f"no successful instruction-tuning runs under {a.results}. Fix: run the sweep first (make "
+                   "table3-sweep on a GPU, make cpu-demo-mmlu on a CPU) or pass --results <its folder>")
     render(a.results, a.base if a.base is not None else a.results / "base", a.out)
     print((a.out / "table3.md").read_text())
+    print_written(a.out / "table3.md", a.out / "table3.csv")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

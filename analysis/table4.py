@@ -11,13 +11,14 @@ analysis/paper_tables/table4_memory.csv. ``--budget-gb`` re-judges OOM against a
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from lorafa_repro.cli import ArgumentParser, fail, print_written
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CSV_SHARED = REPO.parent / "shared" / "paper" / "tables" / "table4_memory.csv"
@@ -299,12 +300,14 @@ def render(results_dir: str | Path = "results/table4", budget_gb: float | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="analysis/table4.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=REPO / "results" / "table4")
     p.add_argument("--budget-gb", type=float, default=None, help="re-judge OOM against this budget (GiB)")
     a = p.parse_args(argv)
-    for path in render(a.results, a.budget_gb).values():
-        print(f"wrote {path}")
+    if not load_cells(a.results):
+        fail(p.prog, f"no memory_probe result.json under {a.results}. Fix: make reproduce-table4 (python -m "
+                     "lorafa_repro.memory.table4 --out <folder>) or pass --results <its folder>")
+    print_written(*render(a.results, a.budget_gb).values())
     return 0
 
 

@@ -151,9 +151,12 @@ def test_fig4_best_lr_and_rank_correlation() -> None:
 @pytest.mark.parametrize("name", ["fig2_convergence", "fig4_rank_lr_heatmap"])
 def test_no_runs_is_one_clear_message_and_writes_nothing(name: str, tmp_path: Path, capsys) -> None:
     module = _load(name)
-    assert module.main(["--results", str(tmp_path / "raw"), "--out", str(tmp_path / "out")]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--results", str(tmp_path / "raw"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "no successful" in err and "Fix: run the sweep first" in err and "--config-dir sweeps" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 

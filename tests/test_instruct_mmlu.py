@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from lorafa_repro import mmlu
 from lorafa_repro.models import BOS_ID, EOS_ID, byte_tokenizer

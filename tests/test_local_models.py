@@ -83,9 +83,13 @@ def test_mmlu_cli_resolves_the_hub_id_and_refuses_in_one_line(no_smollm2: None, 
                                                              tmp_path: Path) -> None:
     from lorafa_repro import mmlu
 
+    from test_instruct_mmlu import _write_mmlu
+
+    data = _write_mmlu(tmp_path / "mmlu", {"marketing": [0, 1, 2]})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit) as e:
-        mmlu.main(["--model", SMOL, "--subjects", "marketing", "--out", str(tmp_path / "m.json")])
+        mmlu.main(["--model", SMOL, "--subjects", "marketing", "--data-dir", str(data),
+                   "--out", str(tmp_path / "m.json")])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Fix: make install-extras" in err

@@ -112,7 +112,9 @@ def test_unbuildable_config_gives_a_clear_error(tmp_path) -> None:
     bad.write_text(json.dumps({"model_type": "no-such-architecture", "hidden_size": 8}))
     with pytest.raises(ConfigError, match="Fix:"):
         model_arch(str(bad))
-    assert P.main(["--model", str(bad), "--methods", "ft"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        P.main(["--model", str(bad), "--methods", "ft"])
+    assert exit_info.value.code == 2
     with pytest.raises(ConfigError, match="Fix:"):
         model_arch(str(tmp_path / "missing-dir"))
     # a valid config, but transformers cannot build the model from it (5 heads do not divide hidden_size 64)

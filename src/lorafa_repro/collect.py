@@ -4,7 +4,6 @@ path, kind, status and error (the one-line reason). Unreadable result files are 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,15 +24,18 @@ def collect(dirs: list[str | Path], status: str | list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lorafa_repro.collect", description=__doc__.split("\n\n")[0])
+    from lorafa_repro.cli import ArgumentParser, check_output_path, fail, user_errors
+
+    ap = ArgumentParser(prog="python -m lorafa_repro.collect", description=__doc__.split("\n\n")[0])
     ap.add_argument("dirs", nargs="+", help="folders searched recursively for result.json")
     ap.add_argument("--out", required=True, help="CSV file to write")
     ap.add_argument("--status", nargs="*", default=None, help="keep only these statuses (default: all)")
     args = ap.parse_args(argv)
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
-        print(f"collect: error: no such folder {missing[0]}. Fix: pass existing run folders", file=sys.stderr)
-        return 2
+        fail(ap.prog, f"no such folder {missing[0]}. Fix: pass existing run folders")
+    with user_errors(ap.prog):
+        check_output_path(args.out, "--out")
     df = collect(args.dirs, status=args.status)
     from lorafa_repro.results import write_text_atomic
 

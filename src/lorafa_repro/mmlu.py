@@ -32,9 +32,7 @@ weighted), ``macro`` = mean of the per-subject accuracies (the QLoRA repository'
 
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -89,29 +87,42 @@ class Question:
 # ----------------------------------------------------------------------------------------------- data
 
 
+MMLU_FIX = "Fix: point the MMLU data folder at a complete copy (e.g. ../shared/data/mmlu) or repair the file"
+
+
 def _read_csv(path: Path, subject: str) -> list[Question]:
     """Either format on disk: a header ``question,choice0..3,answer`` with 0-3 answers (cais/mmlu content), or
-    Hendrycks' headerless six columns with an A-D answer."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if rows and [c.strip().lower() for c in rows[0]] == ["question", "choice0", "choice1", "choice2", "choice3",
-                                                         "answer"]:
+    Hendrycks' headerless six columns with an A-D answer. A malformed row is an MMLUDataError naming the file and
+    line; blank lines are skipped."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, row) for row in reader if row]
+    except UnicodeDecodeError as e:
+        raise MMLUDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}). {MMLU_FIX}") from None
+    except csv.Error as e:
+        raise MMLUDataError(f"{path}: not a readable CSV file ({e}). {MMLU_FIX}") from None
+    if rows and [c.strip().lower() for c in rows[0][1]] == ["question", "choice0", "choice1", "choice2", "choice3",
+                                                            "answer"]:
         rows = rows[1:]
     out = []
-    for i, row in enumerate(rows):
+    for i, (line, row) in enumerate(rows):
         if len(row) != 6:
-            raise MMLUDataError(f"{path}: row {i} has {len(row)} columns, expected 6. "
-                                "Fix: point --data-dir at an MMLU folder with <split>/<subject>_<split>.csv files")
+            raise MMLUDataError(f"{path}, line {line}: {len(row)} columns, expected 6 (question, 4 choices, "
+                                f"answer). {MMLU_FIX}")
         a = row[5].strip()
         answer = LETTERS.index(a) if a in LETTERS else int(a) if a in ("0", "1", "2", "3") else None
         if answer is None:
-            raise MMLUDataError(f"{path}: row {i} has answer {a!r}, neither A-D nor 0-3. Fix: check the file")
+            raise MMLUDataError(f"{path}, line {line}: answer {a!r} is neither A-D nor 0-3. {MMLU_FIX}")
         out.append(Question(subject, i, row[0], (row[1], row[2], row[3], row[4]), answer))
     return out
 
 
 def check_subjects(subjects: Iterable[str] | None) -> list[str]:
     names = list(SUBJECTS) if subjects is None else list(subjects)
+    if not names:
+        raise ValueError("no MMLU subjects given. Fix: name at least one (e.g. abstract_algebra), or leave the "
+                         "subjects unset for all 57")
     bad = [s for s in names if s not in SUBJECTS]
     if bad:
         raise ValueError(f"unknown MMLU subject(s) {bad}. Fix: use names such as abstract_algebra, anatomy "
@@ -119,15 +130,36 @@ def check_subjects(subjects: Iterable[str] | None) -> list[str]:
     return names
 
 
-def check_local_mmlu(data_dir: str | Path, split: str = "test", subjects: Iterable[str] | None = None) -> None:
-    """Raise MMLUDataError (naming the fix) when a subject's dev or ``split`` file is missing."""
+def _folder(data_dir: str | Path, split: str) -> str:
+    """The folder (and file suffix) of ``split``: Hendrycks' copy names the validation split ``val``."""
+    return "val" if split == "validation" and (Path(data_dir) / "val").is_dir() else split
+
+
+def check_k_shot(dev: dict[str, list[Question]], k_shot: int) -> None:
+    """Raise MMLUDataError when a subject has fewer dev examples than ``k_shot`` (the prompt's shots)."""
+    for subject, shots in dev.items():
+        if len(shots) < k_shot:
+            raise MMLUDataError(f"MMLU subject {subject} has {len(shots)} dev examples, {k_shot}-shot needs "
+                                f"{k_shot}. Fix: a k-shot <= {len(shots)} (--k-shot / task.mmlu_k_shot; the "
+                                "standard is 5) or the full dev split")
+
+
+def check_local_mmlu(data_dir: str | Path, split: str = "test", subjects: Iterable[str] | None = None,
+                     k_shot: int = 0) -> None:
+    """Raise MMLUDataError (naming the file, line and fix) when a subject's dev or ``split`` file is missing,
+    unreadable, malformed or empty, or its dev split is shorter than ``k_shot``: every file an evaluation would
+    read is parsed here, before any model is loaded."""
     root = Path(data_dir)
-    for subject in check_subjects(subjects):
-        for s in dict.fromkeys(("dev", split)):
-            if not (root / s / f"{subject}_{s}.csv").is_file():
-                raise MMLUDataError(f"MMLU file {root / s / f'{subject}_{s}.csv'} not found. Fix: point the MMLU "
-                                    "data folder at a copy with dev/ and test/ CSVs (e.g. ../shared/data/mmlu), "
-                                    "or null for the Hub's cais/mmlu")
+    names = check_subjects(subjects)
+    for subject in names:
+        for s in dict.fromkeys(("dev", _folder(root, split))):
+            path = root / s / f"{subject}_{s}.csv"
+            if not path.is_file():
+                raise MMLUDataError(f"MMLU file {path} not found. Fix: point the MMLU data folder at a copy with "
+                                    "dev/ and test/ CSVs (e.g. ../shared/data/mmlu), or null for the Hub's cais/mmlu")
+            if s != "dev" and not _read_csv(path, subject):
+                raise MMLUDataError(f"MMLU file {path} holds no questions. {MMLU_FIX}")
+    check_k_shot(load_split(root, "dev", names), k_shot)
 
 
 def load_split(data_dir: str | Path | None, split: str, subjects: Iterable[str] | None = None,
@@ -141,7 +173,7 @@ def load_split(data_dir: str | Path | None, split: str, subjects: Iterable[str] 
         if data_dir is None:
             out[subject] = _load_hub(subject, split)
         else:
-            folder = "val" if split == "validation" and (Path(data_dir) / "val").is_dir() else split
+            folder = _folder(data_dir, split)
             path = Path(data_dir) / folder / f"{subject}_{folder}.csv"
             if not path.is_file():
                 check_local_mmlu(data_dir, folder, [subject])
@@ -149,6 +181,16 @@ def load_split(data_dir: str | Path | None, split: str, subjects: Iterable[str] 
         if limit_per_subject is not None:
             out[subject] = out[subject][:limit_per_subject]
     return out
+
+
+def load_mmlu(data_dir: str | Path | None, split: str = "test", subjects: Iterable[str] | None = None,
+              limit_per_subject: int | None = None, k_shot: int = 5
+              ) -> tuple[dict[str, list[Question]], dict[str, list[Question]]]:
+    """``(questions of split, dev examples)`` for ``subjects``, checked against ``k_shot`` (MMLUDataError)."""
+    names = check_subjects(subjects)
+    dev = load_split(data_dir, "dev", names)
+    check_k_shot(dev, k_shot)
+    return load_split(data_dir, split, names, limit_per_subject), dev
 
 
 def _load_hub(subject: str, split: str) -> list[Question]:
@@ -339,13 +381,13 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_mmlu(model: nn.Module, tokenizer: Any, *, data_dir: str | Path | None, split: str = "test",
                   subjects: Iterable[str] | None = None, limit_per_subject: int | None = None, k_shot: int = 5,
                   max_len: int = 2048, batch_size: int = 16, device: torch.device | str = "cpu",
-                  autocast: Callable[[], Any] | None = None, share_prefix: bool = True) -> dict[str, Any]:
-    """Load, encode and score; returns :func:`summarize`'s dict plus ``predictions`` (one record per question:
-    subject, index, answer, prediction, correct, shots, the four letter logits) and ``seconds``."""
+                  autocast: Callable[[], Any] | None = None, share_prefix: bool = True,
+                  data: tuple[dict[str, list[Question]], dict[str, list[Question]]] | None = None) -> dict[str, Any]:
+    """Load (or take ``data``, :func:`load_mmlu`'s pair), encode and score; returns :func:`summarize`'s dict plus
+    ``predictions`` (one record per question: subject, index, answer, prediction, correct, shots, the four letter
+    logits) and ``seconds``."""
     t0 = time.perf_counter()
-    names = check_subjects(subjects)
-    test = load_split(data_dir, split, names, limit_per_subject)
-    dev = load_split(data_dir, "dev", names)
+    test, dev = data if data is not None else load_mmlu(data_dir, split, subjects, limit_per_subject, k_shot)
     encoded = encode_questions(tokenizer, test, dev, k_shot=k_shot, max_len=max_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logits = letter_logits(model, encoded, batch_size=batch_size, device=device, autocast=autocast,
@@ -379,8 +421,13 @@ def load_model(model: str, *, gguf_file: str | None = None, adapter: str | None 
     return net.to(device).eval(), tok
 
 
+PROG = "python -m lorafa_repro.mmlu"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m lorafa_repro.mmlu", description=__doc__.split("\n\n")[0])
+    from lorafa_repro.cli import ArgumentParser, check_output_path, fail, user_errors
+
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="Hugging Face Hub id or local directory; a Hub id that a pip "
                    "package of `make install-extras` carries (HuggingFaceTB/SmolLM2-135M-Instruct) loads from it")
     p.add_argument("--gguf-file", default=None, help="a GGUF file inside --model (dequantized to --dtype on load)")
@@ -403,30 +450,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", required=True, help="output JSON file")
     a = p.parse_args(argv)
     if a.k_shot < 0 or (a.limit_per_subject is not None and a.limit_per_subject <= 0):
-        p.error("--k-shot must be >= 0 and --limit-per-subject > 0. Fix: --k-shot 5")
-    check_subjects(a.subjects)
-    if a.data_dir is not None:
-        check_local_mmlu(a.data_dir, "val" if a.split == "validation" else a.split, a.subjects)
+        p.error("--k-shot must be >= 0 and --limit-per-subject > 0")
+    if a.batch_size < 1 or a.max_len < 1:
+        p.error("--batch-size and --max-len must be >= 1")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but no CUDA GPU is visible")
+    with user_errors(PROG, MMLUDataError, ValueError):  # everything checkable, before the model loads
+        check_output_path(a.out, "--out")
+        data = load_mmlu(a.data_dir, a.split, a.subjects, a.limit_per_subject, a.k_shot)
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto"
                                                                                else a.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
         a.dtype, torch.bfloat16 if device == "cuda" else torch.float32)
-    from lorafa_repro.results import env_info, write_json_atomic
-
     from lorafa_repro.local_models import check_reachable, resolve
+    from lorafa_repro.results import env_info, write_json_atomic
 
     path, gguf_file = resolve(a.model, a.gguf_file)  # a pip-packaged model (make install-extras) by its Hub id
     try:
         check_reachable(path, override="--model")
     except FileNotFoundError as e:
-        print(f"python -m lorafa_repro.mmlu: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(PROG, str(e))
     t0 = time.perf_counter()
-    model, tok = load_model(path, gguf_file=gguf_file, adapter=a.adapter, device=device, dtype=dtype)
+    try:
+        model, tok = load_model(path, gguf_file=gguf_file, adapter=a.adapter, device=device, dtype=dtype)
+    except (OSError, ValueError, KeyError) as e:  # transformers / PEFT: no such model, no config, bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(PROG, f"cannot load model {a.model!r}{f' with adapter {a.adapter!r}' if a.adapter else ''} "
+                   f"({type(e).__name__}: {first}). Fix: --model <a Hub id or a local folder with config.json and "
+                   "weights>, --gguf-file <a .gguf inside it>, --adapter <a PEFT adapter folder>")
     load_s = time.perf_counter() - t0
     res = evaluate_mmlu(model, tok, data_dir=a.data_dir, split=a.split, subjects=a.subjects,
                         limit_per_subject=a.limit_per_subject, k_shot=a.k_shot, max_len=a.max_len,
-                        batch_size=a.batch_size, device=device, share_prefix=not a.no_share_prefix)
+                        batch_size=a.batch_size, device=device, share_prefix=not a.no_share_prefix, data=data)
     out = {"kind": "mmlu_eval", "name": a.name or Path(a.model.rstrip("/")).name, "model": a.model,
            "loaded_from": path, "gguf_file": gguf_file, "adapter": a.adapter,
            "data_dir": a.data_dir, "dtype": str(dtype).replace("torch.", ""), "device": device,

@@ -128,6 +128,28 @@ def apply_rope_scaling(config: PretrainedConfig, factor: float | None) -> Pretra
     return config
 
 
+#: model types whose learned position ids start after the padding id (RoBERTa's ``create_position_ids``):
+#: ``max_position_embeddings - pad_token_id - 1`` usable positions (roberta-base: 514 - 1 - 1 = 512)
+PADDED_POSITION_TYPES = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text")
+#: model types with a learned table of ``max_position_embeddings`` absolute positions from 0
+ABSOLUTE_POSITION_TYPES = ("bert", "distilbert", "electra", "albert", "gpt2", "gpt_neo", "biogpt", "xlm")
+
+
+def position_limit(config: PretrainedConfig) -> int | None:
+    """The most tokens one sequence may hold for a model with a learned position table (a longer one indexes
+    past the table); ``None`` for rotary or relative positions (LLaMA, T5) and model types not listed above."""
+    model_type = getattr(config, "model_type", None)
+    table = getattr(config, "max_position_embeddings", None)
+    if table is None:
+        return None
+    if model_type in PADDED_POSITION_TYPES:
+        pad = getattr(config, "pad_token_id", None)
+        return int(table) - (pad if pad is not None else 1) - 1
+    if model_type in ABSOLUTE_POSITION_TYPES:
+        return int(table)
+    return None
+
+
 def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerFast:
     if model_cfg.tokenizer == "byte":
         return byte_tokenizer(model_cfg.arch)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from lorafa_repro import checkpoint as ckpt
 from lorafa_repro import distributed as dist
 from lorafa_repro import rundir
+from lorafa_repro.cli import check_output_path
 from lorafa_repro.memory.peak import PeakMemory
 from lorafa_repro.methods import apply_method, get_method, method_options
 from lorafa_repro.models import build_model, build_tokenizer, count_parameters, enable_gradient_checkpointing
@@ -192,6 +193,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         cfg = OmegaConf.structured(cfg)
     validate(cfg)
     check_target_modules(cfg)
+    check_output_path(output_dir, "output_dir", folder=True)
     out = Path(output_dir)
     config = {**OmegaConf.to_container(cfg, resolve=True), "code": code_fingerprint()}
     # under torchrun rank 0 holds the lock; one process: stop at once where that is safe (see StopSignals)

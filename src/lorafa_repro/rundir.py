@@ -42,8 +42,8 @@ def _holder_text(raw: str) -> str:
 
 @contextlib.contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock for the block; another holder -> :class:`RunDirError` naming it. A folder
-    this call created and that holds nothing else at the end (the run stopped before writing) is removed."""
+    """Hold the run directory's lock for the block; another holder -> :class:`RunDirError` naming it. The lock
+    file goes when the block ends, and so does a folder this call created if the run wrote nothing there."""
     created = not run_dir.exists()
     path = run_dir / LOCK_FILE
     try:
@@ -71,12 +71,14 @@ def locked(run_dir: Path) -> Iterator[None]:
         f.flush()
         try:
             yield
-        finally:  # released in order: an empty lock file, or no folder if this run made it and wrote nothing
+        finally:  # released in order: the lock file removed while still held (a run waiting on its inode
+            # sees it gone and refuses, see above), then the folder if this run made it and wrote nothing
             f.seek(0)
             f.truncate()
-            if created and os.listdir(run_dir) == [LOCK_FILE]:
+            with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-                with contextlib.suppress(OSError):  # another run has just put a file there
+            if created:
+                with contextlib.suppress(OSError):  # not empty: the run wrote something, or another run is there
                     run_dir.rmdir()
 
 

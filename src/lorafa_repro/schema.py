@@ -155,7 +155,7 @@ class TrainerConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     grad_accum: int = 1
-    # max_steps > 0 wins over epochs
+    # max_steps > 0 wins over epochs; -1 = no step limit (epochs decides); 0 and other negatives are errors
     max_steps: int = -1
     epochs: float = 1.0
     eval_every: int = 0
@@ -208,6 +208,8 @@ def register_configs() -> None:
 
 
 ARCHS = ("encoder", "encoder_decoder", "decoder")
+#: trainer.max_steps meaning "no step limit" (trainer.epochs decides)
+NO_STEP_LIMIT = -1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -257,8 +259,14 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
     _positive(tr.batch_size, "trainer.batch_size", "32")
     _positive(tr.eval_batch_size, "trainer.eval_batch_size", "64")
     _positive(tr.grad_accum, "trainer.grad_accum", "1")
-    if tr.max_steps <= 0 and tr.epochs <= 0:
+    if tr.max_steps != NO_STEP_LIMIT and tr.max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be > 0, or {NO_STEP_LIMIT} for no limit (trainer.epochs "
+                          f"decides), got {tr.max_steps}. Fix: trainer.max_steps=100 or trainer.max_steps=-1")
+    if tr.max_steps == NO_STEP_LIMIT and tr.epochs <= 0:
         raise ConfigError("set trainer.max_steps > 0 or trainer.epochs > 0. Fix: trainer.max_steps=100")
+    for key in ("eval_every", "log_every"):
+        if tr[key] < 0:
+            raise ConfigError(f"trainer.{key} must be >= 0, got {tr[key]}. Fix: trainer.{key}=0")
     _one_of(tr.precision, "trainer.precision", PRECISIONS)
     _one_of(tr.device, "trainer.device", DEVICES)
     _one_of(tr.parallel, "trainer.parallel", ("ddp", "fsdp"))
@@ -317,6 +325,24 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
     check_task_config(t.family, t)
     if t.data_dir is not None:
         check_task_data(t.family, t.name, Path(t.data_dir), t)
+    _check_positions(c)
+
+
+def _check_positions(c: DictConfig) -> None:
+    """The longest sequence the task feeds the model must fit its learned position table (RoBERTa, BERT,
+    GPT-2; rotary and relative positions have no hard limit). Reads the model's config, not its weights."""
+    from lorafa_repro.models import build_config, position_limit
+    from lorafa_repro.tasks import max_tokens
+
+    try:
+        limit = position_limit(build_config(c.model))
+    except Exception:  # noqa: BLE001 - a config that cannot be read here fails at loading with its own message
+        return
+    tokens = max_tokens(c.task.family, c.task)
+    if limit is not None and tokens > limit:
+        raise ConfigError(f"the task feeds up to {tokens} tokens per sequence but model {c.model.name} has "
+                          f"{limit} usable positions. Fix: task.max_seq_len={limit} (or lower the task's "
+                          f"length keys), or pick a model with a longer context")
 
 
 def _check_alpha_scaling(alpha_scaling: str, spec: Any) -> None:

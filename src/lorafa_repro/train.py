@@ -4,7 +4,8 @@ Examples:
   python -m lorafa_repro.train model=tiny_roberta task=glue/mrpc method=lora_fa trainer=tiny
   python -m lorafa_repro.train -m method=ft,lora,lora_fa method.rank=8 task.data_dir=../shared/data/glue
 
-A run that fails prints one line (no traceback unless HYDRA_FULL_ERROR=1) and exits non-zero: 2 bad config,
+A run that fails prints one line (no traceback unless HYDRA_FULL_ERROR=1) and exits non-zero: 2 bad config
+(Hydra's own errors too: an unknown key or option, a value of the wrong type, bad override syntax),
 3 out of memory, 4 diverged, 5 interrupted, 1 any other failure. In a multirun a failed cell is recorded in
 its result.json and the sweep goes on (SIGTERM/SIGINT stop it after the checkpoint; a cell whose folder is in
 use or holds a run that must not be replaced stops it with exit code 2, leaving that folder alone); the sweep
@@ -23,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lorafa_repro.cli import hydra_entry, single_line
 from lorafa_repro.schema import ConfigError, register_configs
 
 CONF_DIR = Path(os.environ.get("LORAFA_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
@@ -71,7 +73,7 @@ def main(cfg: DictConfig) -> float | None:
             _record_config_error(output_dir, cfg, str(e))
         elif os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        return _fail("config", f"lorafa-train: error: {e}", multirun)
+        return _fail("config", f"lorafa-train: error: {single_line(e)}", multirun)
     except (torch.cuda.OutOfMemoryError, Diverged, Interrupted, KeyboardInterrupt, Exception) as e:
         # run() wrote result.json with the status and a one-line reason; say the same, without a traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -92,6 +94,9 @@ def main(cfg: DictConfig) -> float | None:
     print(f"result: {Path(output_dir) / 'result.json'}  status={result['status']}  "
           f"score={result['metrics']['final'].get('score')}")
     return result["metrics"]["final"].get("score")
+
+
+main = hydra_entry(main, "lorafa-train")  # Hydra's own errors (unknown key, wrong type, ...): one line, exit 2
 
 
 def _fail(kind: str, message: str, multirun: bool) -> None:

@@ -34,7 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lorafa_repro.memory.step import DTYPES, GIB, ProbeConfig, model_arch, model_config, model_depth, moe_experts
+from lorafa_repro.memory.step import (DTYPES, GIB, ProbeConfig, check_positions, model_arch, model_config, model_depth,
+                                      moe_experts)
 
 DEFAULT_METHODS = ("ft", "lora", "lora_fa", "qlora", "qlora_fa")
 #: breakdown columns: planner name -> simulator keys summed into it
@@ -137,6 +138,7 @@ def plan(model: str, methods: list[str], *, budget_gb: float, seq_len: int, batc
         cfg = ProbeConfig(model=model, method=m, rank=None if not get_method(m).uses_adapters else rank,
                           alpha=2.0 * rank, batch_size=batch_size, seq_len=seq_len, dtype=dtype, attn=attn,
                           gradient_checkpointing=gradient_checkpointing, budget_gb=budget_gb)
+        check_positions(cfg)
         row = plan_method(cfg, max_batch=max_batch)
         row["wall_s"] = round(time.perf_counter() - t, 1)
         rows.append(row)
@@ -231,7 +233,9 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lorafa-plan", description=__doc__.split("\n\n")[0],
+    from lorafa_repro.cli import ArgumentParser
+
+    p = ArgumentParser(prog="lorafa-plan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="Hub id (config.json only), local directory, config.json, .gguf file or shipped name")
@@ -247,30 +251,28 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=16, help="adapter rank (alpha = 2 x rank)")
     p.add_argument("--attn", default="sdpa", help="attention implementation: sdpa (default) | eager")
     p.add_argument("--out", type=Path, default=None, help="write the plan as JSON")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.batch_size < 1 or a.seq_len < 1 or a.budget_gb <= 0 or a.rank < 1:
+        p.error("--batch-size, --seq-len, --rank must be >= 1 and --budget-gb > 0")
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lorafa_repro.cli import check_output_path, user_errors
     from lorafa_repro.quiet import quiet_known_warnings
     from lorafa_repro.results import write_json_atomic
-    from lorafa_repro.schema import ConfigError
 
     quiet_known_warnings()
     a = _parse_args(argv)
-    if a.batch_size < 1 or a.seq_len < 1 or a.budget_gb <= 0 or a.rank < 1:
-        print("error: --batch-size, --seq-len, --rank must be >= 1 and --budget-gb > 0. Fix: pass positive values",
-              file=sys.stderr)
-        return 2
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    try:
+    with user_errors("lorafa-plan", ValueError):
+        if a.out:
+            check_output_path(a.out, "--out")
         result = plan(a.model, methods, budget_gb=a.budget_gb, seq_len=a.seq_len, batch_size=a.batch_size,
                       max_batch=a.max_batch, dtype=a.dtype, gradient_checkpointing=a.gradient_checkpointing,
                       rank=a.rank, attn=a.attn,
                       on_row=lambda r: print(f"  {r['method']}: {r['peak_gib']:.2f} GiB ({r['wall_s']}s)",
                                              file=sys.stderr, flush=True))
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print_table(result)
     print(f"- planned in {result['wall_s']} s")
     if a.out:

@@ -52,6 +52,7 @@ from lorafa_repro.memory.step import (
     GIB,
     INTERVALS,
     ProbeConfig,
+    check_positions,
     model_arch,
     model_depth,
     warm_up,
@@ -76,6 +77,7 @@ def probe(cfg: ProbeConfig, backend: str = "auto") -> dict[str, Any]:
     gives one), ``phases``, ``params``, ``backend``, ``device``; ``oom`` True if the peak exceeds
     ``cfg.budget_gb`` (or the GPU ran out)."""
     backend = resolve_backend(backend)
+    check_positions(cfg)
     t0 = time.perf_counter()
     if backend == "cuda":
         out = probe_cuda(cfg)
@@ -131,8 +133,14 @@ def run_probe(cfg: ProbeConfig, backend: str = "auto", out_dir: str | Path | Non
     return result
 
 
+PROG = "python -m lorafa_repro.memory.probe"
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lorafa_repro.memory.probe", description=__doc__.split("\n\n")[0],
+    from lorafa_repro.cli import ArgumentParser
+
+
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="shipped architecture (roberta-base, t5-large, llama-7b, tiny-*), or any Hugging Face "
                    "config: a directory with config.json, a config.json path, a .gguf file, a Hub id")
@@ -153,17 +161,28 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="saved tensors of the simulated/cpu step: CUDA's kernels (default) or the CPU's")
     p.add_argument("--budget-gb", type=float, default=40.0, help="device budget in GiB (OOM above it)")
     p.add_argument("--out", default=None, help="write DIR/result.json")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if min(a.batch_size, a.seq_len, a.layers or 1, a.target_len if a.target_len is not None else 1) < 1:
+        p.error("--batch-size, --seq-len, --layers and --target-len must be >= 1")
+    if a.budget_gb <= 0:
+        p.error("--budget-gb must be > 0")
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lorafa_repro.cli import check_output_path, user_errors
     from lorafa_repro.quiet import quiet_known_warnings
 
     quiet_known_warnings()
     a = _parse_args(argv)
-    cfg = ProbeConfig(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, batch_size=a.batch_size,
-                      seq_len=a.seq_len, target_len=a.target_len, dtype=a.dtype, attn=a.attn, layers=a.layers,
-                      gradient_checkpointing=a.gradient_checkpointing, semantics=a.semantics, budget_gb=a.budget_gb)
+    with user_errors(PROG, ValueError):  # the cell's values, its model's config and --out, before any step
+        cfg = ProbeConfig(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, batch_size=a.batch_size,
+                          seq_len=a.seq_len, target_len=a.target_len, dtype=a.dtype, attn=a.attn, layers=a.layers,
+                          gradient_checkpointing=a.gradient_checkpointing, semantics=a.semantics,
+                          budget_gb=a.budget_gb)
+        check_positions(cfg)
+        if a.out is not None:
+            check_output_path(a.out, "--out", folder=True)
     result = run_probe(cfg, a.backend, a.out)
     mem = result["memory"]
     print(json.dumps({"status": result["status"], "error": result["error"], **{

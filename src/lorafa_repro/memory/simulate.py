@@ -44,7 +44,6 @@ of a stack's first block, and its gradient, alive after backward when that input
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from functools import partial
 from typing import Any, Callable

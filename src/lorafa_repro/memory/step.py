@@ -104,7 +104,7 @@ class ProbeConfig:
 
         spec = get_method(self.method)
         if spec.uses_adapters and (self.rank is None or self.rank <= 0):
-            raise ValueError(f"{self.method} needs a rank > 0")
+            raise ValueError(f"{self.method} needs a rank > 0, got {self.rank}. Fix: a rank >= 1 (--rank 8)")
         if not spec.uses_adapters and self.rank is not None:
             object.__setattr__(self, "rank", None)  # FT has no rank; keep cells comparable
 
@@ -189,6 +189,24 @@ def config_arch(cfg: PretrainedConfig) -> str:
 def model_arch(model: str) -> str:
     """encoder | encoder_decoder | decoder (:func:`config_arch` of :func:`model_config`)."""
     return config_arch(model_config(model))
+
+
+def check_positions(cfg: ProbeConfig) -> None:
+    """ConfigError when one example's tokens exceed the model's learned position table (:func:`~lorafa_repro.
+    models.position_limit`); fake tensors would not notice, a real step fails with an index error."""
+    from lorafa_repro.models import position_limit
+    from lorafa_repro.schema import ConfigError
+
+    hf = model_config(cfg.model)
+    limit = position_limit(hf)
+    if limit is None:
+        return
+    arch = config_arch(hf)
+    target = cfg.target_len if cfg.target_len is not None else (cfg.seq_len if arch == "encoder_decoder" else 0)
+    tokens = cfg.seq_len + target if arch == "decoder" else max(cfg.seq_len, target)
+    if tokens > limit:
+        raise ConfigError(f"{tokens} tokens per example but {cfg.model!r} has {limit} usable positions (a real step "
+                          f"would index past its position table). Fix: a sequence length <= {limit} (--seq-len)")
 
 
 def depth_keys(cfg: PretrainedConfig) -> list[str]:

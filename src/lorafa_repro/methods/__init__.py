@@ -72,7 +72,7 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+        raise ValueError(f"unknown method {name!r}. Fix: one of {', '.join(sorted(METHODS))}") from None
 
 
 def apply_method(

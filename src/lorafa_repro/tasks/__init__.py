@@ -5,7 +5,8 @@ evaluation).
 A family module provides three names, and gets one line in :data:`FAMILIES`:
   ``task_names() -> list[str]``; ``check_local_data(name, data_dir, task_cfg)`` raising DataNotFoundError;
   ``build(task_cfg, seed) -> Task``.
-Optionally ``check_config(task_cfg)`` raising ValueError for family-specific values (schema.validate calls it).
+Optionally ``check_config(task_cfg)`` raising ValueError for family-specific values (schema.validate calls it),
+and ``max_tokens(task_cfg)``: the most tokens one sequence fed to the model holds (default ``max_seq_len``).
 """
 
 from __future__ import annotations
@@ -67,9 +68,15 @@ def check_task_config(family: str, task_cfg: Any) -> None:
             raise ConfigError(str(e)) from None
 
 
+def max_tokens(family: str, task_cfg: Any) -> int:
+    """The most tokens one sequence the task feeds the model holds (checked against its position table)."""
+    fn = getattr(_family(family), "max_tokens", None)
+    return int(fn(task_cfg)) if fn is not None else int(task_cfg.max_seq_len)
+
+
 def build_task(task_cfg: Any, *, seed: int = 0) -> Task:
     return _family(task_cfg.family).build(task_cfg, seed=seed)
 
 
 __all__ = ["DataNotFoundError", "FAMILIES", "FAMILY_ARCHS", "Task", "build_task", "check_task_config",
-           "check_task_data", "known_tasks"]
+           "check_task_data", "known_tasks", "max_tokens"]

@@ -151,6 +151,17 @@ class DataNotFoundError(FileNotFoundError):
     """GLUE data could not be found locally or loaded from the Hub; the message names the fix."""
 
 
+def read_utf8(path: str | Path, fix: str) -> str:
+    """The text of a local data file; bytes that are not UTF-8 are a DataNotFoundError naming the file, the line
+    and ``fix`` (the other task families' readers share this)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataNotFoundError(f"{path}, line {line}: not UTF-8 text ({e.reason}). {fix}") from None
+
+
 class MalformedDataError(ValueError):
     """A local data file exists but cannot be used (not UTF-8, missing columns, no usable rows)."""
 

@@ -31,7 +31,7 @@ from torch import nn
 from lorafa_repro import mmlu
 from lorafa_repro.results import write_jsonl_atomic
 from lorafa_repro.tasks.causal_lm import causal_collate, encode_prompt_response
-from lorafa_repro.tasks.glue_data import DataNotFoundError
+from lorafa_repro.tasks.glue_data import DataNotFoundError, read_utf8
 
 #: the task names; each one's Hub source, fields and template are in conf/task/instruct/<name>.yaml
 TASKS = ("alpaca", "flan_v2")
@@ -83,6 +83,11 @@ def check_config(task_cfg: Any) -> None:
                          "task.train_file=<file>, or task.hub_dataset=tatsu-lab/alpaca")
 
 
+def max_tokens(task_cfg: Any) -> int:
+    """A training row is prompt + response; an MMLU prompt is up to max_seq_len tokens."""
+    return max(task_cfg.max_source_len + task_cfg.max_target_len, task_cfg.max_seq_len)
+
+
 def build_prompt(instruction: str, input_text: str | None = None, *, template: str = "alpaca") -> str:
     """The prompt a record's response follows (Alpaca: the input section only when the input is non-empty)."""
     has_input = bool(input_text and input_text.strip())
@@ -108,6 +113,10 @@ def check_local_data(name: str, data_dir: Path, task_cfg: Any = None) -> None:
         raise DataNotFoundError(f"instruction data {path} not found. Fix: task.data_dir=<folder holding "
                                 f"{task_cfg.train_file}> (e.g. ../shared/data/alpaca) or task.data_dir=null "
                                 "for the Hub")
+    records = read_records(path)
+    if not records:
+        raise DataNotFoundError(f"instruction data {path} holds no records. Fix: task.train_file=<a non-empty "
+                                "JSON list or JSONL file> (e.g. alpaca_data_1k.json)")
     if task_cfg.get("mmlu_dir"):
         check_mmlu_data(task_cfg)
 
@@ -117,20 +126,32 @@ def _eval_subjects(c: Any) -> Any:
 
 
 def check_mmlu_data(c: Any) -> None:
-    """Raise DataNotFoundError when a local MMLU folder lacks a subject the final or periodic evaluation reads."""
+    """Raise DataNotFoundError when a local MMLU folder lacks, or holds a malformed copy of, a file the final or
+    periodic evaluation reads, or a dev split shorter than task.mmlu_k_shot."""
     for subjects in (c.mmlu_subjects, _eval_subjects(c)):
         try:
-            mmlu.check_local_mmlu(c.mmlu_dir, c.mmlu_split, subjects)
+            mmlu.check_local_mmlu(c.mmlu_dir, c.mmlu_split, subjects, k_shot=c.mmlu_k_shot)
         except (mmlu.MMLUDataError, ValueError) as e:
             raise DataNotFoundError(str(e)) from None
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """A JSON list of objects, or JSON Lines."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """A JSON list of objects, or JSON Lines; a file that is neither is a DataNotFoundError naming the line."""
+    fix = "Fix: task.train_file=<a UTF-8 JSON list of objects or JSONL file>"
+    text = read_utf8(path, fix)
+    is_list = text.lstrip().startswith("[")
+    docs = [(1, text)] if is_list else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    records: list[Any] = []
+    for first_line, doc in docs:
+        try:
+            parsed = json.loads(doc)
+        except json.JSONDecodeError as e:
+            raise DataNotFoundError(f"{path}, line {first_line + e.lineno - 1}: not JSON ({e.msg}). {fix}") from None
+        records += parsed if is_list else [parsed]
+    bad = [i for i, r in enumerate(records) if not isinstance(r, dict)]
+    if bad:
+        raise DataNotFoundError(f"{path}: record {bad[0]} is not a JSON object. {fix}")
+    return records
 
 
 def build(task_cfg: Any, *, seed: int = 0) -> "InstructTask":

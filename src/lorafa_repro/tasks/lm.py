@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lorafa_repro.results import write_jsonl_atomic
-from lorafa_repro.tasks.glue_data import DataNotFoundError
+from lorafa_repro.tasks.glue_data import DataNotFoundError, read_utf8
 
 #: task names; europarl_en = the English side of ../shared/data/wmt16_en_ro/corpus.en (conf/task/lm/*.yaml)
 TASKS = ("europarl_en", "text")
@@ -52,6 +52,11 @@ def check_config(task_cfg: Any) -> None:
         if n < 2:
             raise ValueError(f"task.eval_seq_lens holds {n}; a chunk predicts L-1 tokens, so L >= 2. "
                              "Fix: task.eval_seq_lens=[2048]")
+
+
+def max_tokens(task_cfg: Any) -> int:
+    """Training chunks of max_seq_len tokens; evaluation also at each of eval_seq_lens."""
+    return max([task_cfg.max_seq_len, *(task_cfg.eval_seq_lens or [])])
 
 
 def check_local_data(name: str, data_dir: Path, task_cfg: Any = None) -> None:
@@ -123,7 +128,7 @@ class LMTask:
     def documents(self) -> list[str]:
         c = self.cfg
         if c.data_dir is not None:
-            return [(Path(c.data_dir) / c.train_file).read_text(encoding="utf-8")]
+            return [read_utf8(Path(c.data_dir) / c.train_file, "Fix: task.train_file=<a UTF-8 text file>")]
         from datasets import load_dataset
 
         try:

@@ -36,7 +36,7 @@ from torch import nn
 
 from lorafa_repro.results import write_jsonl_atomic
 from lorafa_repro.tasks.causal_lm import causal_collate, encode_prompt, encode_prompt_response, pad_rows
-from lorafa_repro.tasks.glue_data import DataNotFoundError
+from lorafa_repro.tasks.glue_data import DataNotFoundError, read_utf8
 
 #: task name -> (source language, target language, Hub config)
 PAIRS: dict[str, tuple[str, str, str]] = {"en_ro": ("en", "ro", "ro-en")}
@@ -79,6 +79,13 @@ def check_config(cfg: Any) -> None:
 # ----------------------------------------------------------------------------------------------------- data
 
 
+def max_tokens(cfg: Any) -> int:
+    """Decoder-only: the prompt, then the response (training) or the generated tokens; T5: the longer side."""
+    if cfg.model_arch == "decoder":
+        return cfg.max_seq_len + max(cfg.max_target_len, cfg.max_new_tokens)
+    return max(cfg.max_seq_len, cfg.max_target_len, cfg.max_new_tokens)
+
+
 def split_files(data_dir: str | Path, cfg: Any, split: str) -> tuple[Path, Path]:
     """The (source, target) files a local split is read from: ``<data_dir>/<stem>.<lang>``."""
     src, tgt, _ = PAIRS[cfg.name]
@@ -87,8 +94,9 @@ def split_files(data_dir: str | Path, cfg: Any, split: str) -> tuple[Path, Path]
 
 
 def _read_lines(path: Path) -> list[str]:
-    """Lines split on "\\n" only (``str.splitlines`` would also split on U+2028 and friends and misalign)."""
-    text = path.read_text(encoding="utf-8")
+    """Lines split on "\\n" only (``str.splitlines`` would also split on U+2028 and friends and misalign); text
+    that is not UTF-8 is a DataNotFoundError naming the file and line."""
+    text = read_utf8(path, f"Fix: re-encode {path.name} as UTF-8 (e.g. iconv -t UTF-8)")
     if text.endswith("\n"):
         text = text[:-1]
     return [line.rstrip("\r") for line in text.split("\n")] if text else []
@@ -108,6 +116,9 @@ def check_local_split(data_dir: str | Path, cfg: Any, split: str) -> None:
                 f"{src_path.name} and {tgt_path.name}, set task.{split}_file=<file stem>, or task.data_dir=null "
                 f"(the Hub's {HUB_DATASET})")
     n_src, n_tgt = _count_lines(src_path), _count_lines(tgt_path)
+    if n_src == 0:
+        raise DataNotFoundError(f"{src_path} is empty (wmt16 {cfg.name} {split} split). Fix: point task.data_dir / "
+                                f"task.{split}_file at a non-empty corpus, one sentence per line")
     if n_src != n_tgt:
         raise DataNotFoundError(
             f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}; source and target files must be aligned "
