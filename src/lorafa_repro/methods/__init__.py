@@ -139,11 +139,16 @@ OPTION_KEYS = ("adapter_nonlinearity", "adapter_train_norms", "adapter_train_emb
                "s2_group_fraction", "s2_shift", "trainable_extra", "alpha_scaling")
 
 
+#: The behaviour of runs stored before an option existed, for configs read back from a result.json without it
+#: (a live config always has every key): the embeddings' LayerNorm stayed frozen, S2-Attn rolled, scale alpha / r.
+LEGACY_OPTIONS = {"adapter_train_embed_norm": False, "s2_shift": "roll", "alpha_scaling": "standard"}
+
+
 def method_options(method_cfg: Any) -> dict[str, Any]:
-    """The option keys of a method config (``cfg.method``, a MethodConfig or a dict) present in it, as
-    keyword arguments for :func:`apply_method`."""
+    """The option keys of a method config (``cfg.method``, a MethodConfig or a dict), as keyword arguments for
+    :func:`apply_method`; a key the config lacks (stored before it existed) takes :data:`LEGACY_OPTIONS`."""
     get = method_cfg.get if isinstance(method_cfg, dict) else (lambda k, d=None: getattr(method_cfg, k, d))
-    out = {k: get(k) for k in OPTION_KEYS if get(k) is not None}
+    out = {k: get(k, LEGACY_OPTIONS.get(k)) for k in OPTION_KEYS if get(k, LEGACY_OPTIONS.get(k)) is not None}
     if "trainable_extra" in out:
         out["trainable_extra"] = list(out["trainable_extra"])
     return out
