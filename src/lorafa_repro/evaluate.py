@@ -20,7 +20,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lorafa_repro.schema import ConfigError, register_configs
+from lorafa_repro.errors import ConfigError
+from lorafa_repro.schema import register_configs
 from lorafa_repro.train import CONF_DIR
 
 register_configs()

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lorafa_repro import checkpoint as ckpt
 from lorafa_repro import distributed as dist
+from lorafa_repro.errors import ConfigError
 from lorafa_repro.memory.peak import PeakMemory
 from lorafa_repro.methods import apply_method, get_method, method_options
 from lorafa_repro.models import build_model, build_tokenizer, count_parameters, enable_gradient_checkpointing
@@ -34,7 +35,7 @@ from lorafa_repro.results import (
     try_read_result,
     write_json_atomic,
 )
-from lorafa_repro.schema import ConfigError, TrainConfig, validate
+from lorafa_repro.schema import TrainConfig, validate
 from lorafa_repro.tasks import DataNotFoundError, build_task
 from lorafa_repro.trainer import Diverged, Interrupted, resolve_device, resolve_precision, train_loop
 

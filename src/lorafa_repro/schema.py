@@ -15,9 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A value a user can fix with an override; the message says which one."""
+from lorafa_repro.errors import ConfigError  # re-exported: callers may import it from here
 
 
 @dataclass

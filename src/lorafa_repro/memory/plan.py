@@ -34,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from lorafa_repro.errors import ConfigError
 from lorafa_repro.memory.step import DTYPES, GIB, ProbeConfig, model_arch, model_config, model_depth, moe_experts
 
 DEFAULT_METHODS = ("ft", "lora", "lora_fa", "qlora", "qlora_fa")
@@ -252,7 +253,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from lorafa_repro.results import quiet_known_warnings, write_json_atomic
-    from lorafa_repro.schema import ConfigError
 
     quiet_known_warnings()
     a = _parse_args(argv)

@@ -26,7 +26,7 @@ from lorafa_repro.methods.ft import apply_ft
 from lorafa_repro.methods.lora import apply_lora, apply_qlora
 from lorafa_repro.methods.lora_fa import apply_lora_fa
 from lorafa_repro.methods.lora_fa_v2 import apply_lora_fa_v2, make_lora_fa_v2_optimizer
-from lorafa_repro.methods.qlora_fa import apply_qlora_fa
+from lorafa_repro.methods.qlora_fa import apply_qlora_fa  # also registers the 4-bit LoRA-FA layer in lora_fa
 from lorafa_repro.methods.targets import block_linears, head_modules, resolve_target_modules
 
 # (model, *, rank, alpha, lr, weight_decay) -> optimizer; None = the suite's AdamW.
