@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lorafa_repro import checkpoint as ckpt
 from lorafa_repro import distributed as dist
 from lorafa_repro.errors import ConfigError
+from lorafa_repro.loggers import RunIdentity, Trackers, identity_from_hydra, run_summary
 from lorafa_repro.memory.peak import PeakMemory
 from lorafa_repro.methods import apply_method, get_method, method_options
 from lorafa_repro.models import build_model, build_tokenizer, count_parameters, enable_gradient_checkpointing
@@ -44,7 +45,7 @@ from lorafa_repro.trainer import Diverged, Interrupted, resolve_device, resolve_
 FINAL_STATUSES = ("success", "failed", "oom", "diverged")
 #: Keys that do not change what a run computes: a stored result differing only in these is the same run.
 RUN_INVARIANT_KEYS = ("output_dir", "skip_if_done", "on_config_change", "trainer.progress", "trainer.num_workers",
-                      "trainer.checkpoint_every", "trainer.keep_checkpoints", "task.data_dir")
+                      "trainer.checkpoint_every", "trainer.keep_checkpoints", "task.data_dir", "logger")
 
 
 def set_seed(seed: int) -> None:
@@ -138,8 +139,10 @@ def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[
     return None, state
 
 
-def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Validate, build, train, evaluate; write ``result.json`` and ``metrics.jsonl`` to ``output_dir``.
+def run(cfg: DictConfig | TrainConfig, output_dir: str | Path, identity: RunIdentity | None = None) -> dict[str, Any]:
+    """Validate, build, train, evaluate; write ``result.json`` and ``metrics.jsonl`` to ``output_dir``, and the
+    same rows to the trackers ``cfg.logger`` selects (``identity``: the run's name and sweep for them; default:
+    what Hydra says about the current job, else the output directory).
 
     Raises :class:`~lorafa_repro.schema.ConfigError` before any model is loaded or anything is written when a
     value is wrong or the data cannot be found (local folder or Hub). A run that fails later still writes
@@ -175,10 +178,15 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         write_json_atomic(out / "result.json", result)
         if resume is None:  # a fresh run: another run's evaluations must not sit beside this one's
             shutil.rmtree(out / "predictions", ignore_errors=True)
-    log = MetricsLog(out / "metrics.jsonl" if is_main else None, keep_until_step=resume["step"] if resume else None)
+    trackers = Trackers()  # opened in the try below: a tracker that cannot start fails the run like any error
+    log = MetricsLog(out / "metrics.jsonl" if is_main else None, keep_until_step=resume["step"] if resume else None,
+                     sink=trackers)
     t0 = time.perf_counter()
     local_failure = False  # an exception of this rank alone (not one every rank agreed on)
     try:
+        if is_main:
+            trackers.open(cfg.logger, out, identity or identity_from_hydra(out), config,
+                          resume_step=resume["step"] if resume else 0)
         m = cfg.method
         spec = get_method(m.name)
         model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels)
@@ -226,6 +234,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
         log.close()
         result["timing"]["wall_s"] = time.perf_counter() - t0
         _record_ranks(result, memory, out, local_failure)
+        trackers.finish(run_summary(result), result["status"])
     return result
 
 

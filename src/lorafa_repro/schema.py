@@ -167,12 +167,50 @@ class TrainerConfig:
 
 
 @dataclass
+class TensorBoardLoggerConfig:
+    # null = <run dir>/tensorboard; a folder = <dir>/<sweep name>/<run name> (one logdir for many sweeps)
+    dir: Optional[str] = None
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = "lorafa-repro"
+    entity: Optional[str] = None
+    # offline (no network, no account; `wandb sync` uploads later) | online | disabled
+    mode: str = "offline"
+    # null = the sweep directory in a multirun (one W&B group per sweep); none in a single run
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    # null = the run directory (W&B writes <dir>/wandb/)
+    dir: Optional[str] = None
+
+
+@dataclass
+class MlflowLoggerConfig:
+    # null = a local file store: file:<sweep dir>/mlruns in a multirun, file:<run dir>/mlruns in a single run
+    tracking_uri: Optional[str] = None
+    # null = the sweep directory's name in a multirun (one experiment per sweep), else lorafa-repro
+    experiment: Optional[str] = None
+
+
+@dataclass
+class LoggerConfig:
+    """The ``logger`` group (conf/logger/): metrics.jsonl is always written; a tracker is on when its section is
+    set, e.g. ``logger=[tensorboard,wandb]`` (lorafa_repro/loggers/)."""
+
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+    mlflow: Optional[MlflowLoggerConfig] = None
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     # Where result.json / metrics.jsonl go; null = Hydra's run directory.
     output_dir: Optional[str] = None
@@ -200,6 +238,7 @@ def _positive(value: Any, key: str, example: str) -> None:
 
 def validate(cfg: DictConfig | TrainConfig) -> None:
     """Check values that OmegaConf's types cannot; cheap, touches no model weights."""
+    from lorafa_repro.loggers import check_installed
     from lorafa_repro.methods import METHODS
     from lorafa_repro.tasks import FAMILY_ARCHS, check_task_config, check_task_data, known_tasks
 
@@ -254,6 +293,9 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _one_of(c.on_config_change, "on_config_change", ("rerun", "error"))
+    if c.logger.wandb is not None:
+        _one_of(c.logger.wandb.mode, "logger.wandb.mode", ("offline", "online", "disabled"))
+    check_installed(c.logger)
     _check_device(tr.device, tr.precision, spec.name)
 
     _one_of(mo.arch, "model.arch", ARCHS)
