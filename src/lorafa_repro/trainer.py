@@ -224,13 +224,16 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
     bar = tqdm(range(start + 1, steps + 1), desc="train", disable=not trainer.progress or not is_main,
                dynamic_ncols=True, initial=start, total=steps)
     final: dict[str, Any] = {}
+    # plain ints read once: an OmegaConf lookup per use costs more than the tiny models' step bookkeeping
+    grad_accum, log_every, eval_every = int(trainer.grad_accum), int(trainer.log_every), int(trainer.eval_every)
+    every, max_grad_norm = int(trainer.checkpoint_every), optim.max_grad_norm
     with catch_stop_signals() as caught:
         for step in bar:
             step_loss = torch.zeros((), device=device)
-            for _ in range(trainer.grad_accum):
+            for _ in range(grad_accum):
                 batch = {k: v.to(device) for k, v in next(batches).items()}
                 with autocast():
-                    loss = inject(step, train_model(**batch).loss) / trainer.grad_accum
+                    loss = inject(step, train_model(**batch).loss) / grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.detach().float()
                 n_tok = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
@@ -240,8 +243,8 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
                 raise Diverged(step, step_value)
             if scaler:
                 scaler.unscale_(optimizer)
-            if optim.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -255,7 +258,7 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
             bar.set_postfix(loss=f"{step_value:.4f}")
 
             is_last = step == steps
-            if step % trainer.log_every == 0 or is_last or step == 1:
+            if step % log_every == 0 or is_last or step == 1:
                 now = time.perf_counter()
                 elapsed = now - t_log
                 log.log({"step": step, "loss": loss_since / n_since, "lr": scheduler.get_last_lr()[0],
@@ -263,7 +266,7 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
                          **memory.interval()})
                 tokens_total += tokens_since
                 t_log, tokens_since, loss_since, n_since = now, 0, 0.0, 0
-            if (trainer.eval_every and step % trainer.eval_every == 0) or is_last:
+            if (eval_every and step % eval_every == 0) or is_last:
                 metrics = evaluate(step)
                 log.log({"step": step, **{f"eval_{k}" if not k.startswith("eval_") else k: v
                                           for k, v in metrics.items()}})
@@ -272,7 +275,6 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
                 if is_last:
                     final = metrics
             caught_now = dist.any_flag(bool(caught))
-            every = trainer.checkpoint_every
             if caught_now or (every > 0 and (step % every == 0 or is_last)):
                 path = save(step)
                 if caught_now and not is_last:
