@@ -113,6 +113,20 @@ def prepare_task(cfg: DictConfig) -> tuple[Any, Any]:
     return task, tokenizer
 
 
+def build_adapted_model(cfg: DictConfig, task: Any, device: torch.device, precision: str) -> torch.nn.Module:
+    """The model a run trains: ``cfg.model`` built for ``task``, adapted with ``cfg.method``, on ``device``."""
+    m = cfg.method
+    model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels)
+    # a 4-bit method quantizes on the CPU and moves the NF4 weights: the device never holds the fp32 ones
+    model = model if get_method(m.name).quantize_4bit else model.to(device)
+    if cfg.trainer.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    target = m.target_modules if m.target_modules is not None else (list(cfg.model.default_target_modules) or None)
+    return apply_method(model, m.name, rank=m.rank, alpha=m.alpha, dropout=m.dropout, target_modules=target,
+                        compute_dtype=compute_dtype, **method_options(m)).to(device)
+
+
 def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[str, Any] | None,
                                                                           dict[str, Any] | None]:
     """``(stored result to reuse, checkpoint to resume)`` for ``out``; clears what belongs to another
@@ -189,16 +203,7 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path, identity: RunIden
                           resume_step=resume["step"] if resume else 0)
         m = cfg.method
         spec = get_method(m.name)
-        model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels)
-        # a 4-bit method quantizes on the CPU and moves the NF4 weights: the device never holds the fp32 ones
-        model = model if spec.quantize_4bit else model.to(device)
-        if cfg.trainer.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        precision = result["memory"]["precision"]
-        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        target = m.target_modules if m.target_modules is not None else (list(cfg.model.default_target_modules) or None)
-        model = apply_method(model, m.name, rank=m.rank, alpha=m.alpha, dropout=m.dropout, target_modules=target,
-                             compute_dtype=compute_dtype, **method_options(m)).to(device)
+        model = build_adapted_model(cfg, task, device, result["memory"]["precision"])
         memory.end_loading()  # the loading peak apart from the training steps' peak
         result["params"] = count_parameters(model)
         result["method_description"] = spec.description
