@@ -196,8 +196,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
              f"Command: `{command}`", "",
              f"Batch {args.batch_size}, max sequence length {args.seq_len} (dynamic padding, SST-2 from "
              f"`{args.data_dir}`), fp32, {args.steps} steps logged every {args.log_every}, {args.reps} reps per "
-             f"cell alternating which runs first, each in a fresh process; {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}.",
+             f"cell alternating which runs first, each in a fresh process; "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+             f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}.",
              "Time per step: median over reps of the median logging interval (step 1 left out); peak: process "
              "peak RSS at the last training step (load: after the model is built).", "",
              "| model | method | trainable | ours ms/step | Trainer ms/step | ours/Trainer time | ours peak MiB | "
