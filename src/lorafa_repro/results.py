@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 SCHEMA_VERSION = 1
 # running: written when a run starts, so a run killed with SIGKILL never leaves a result that reads as success
@@ -67,13 +67,20 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
+class RowSink(Protocol):
+    def log(self, row: dict[str, Any]) -> None: ...
+
+
 class MetricsLog:
-    """Appends one JSON line per logged step, flushed at once. ``keep_until_step``: a resumed run keeps
+    """Appends one JSON line per logged step, flushed at once, and hands the same row to ``sink`` (the
+    experiment trackers, :class:`lorafa_repro.loggers.Trackers`). ``keep_until_step``: a resumed run keeps
     the rows up to its checkpoint's step (rewritten through temp + rename) and appends after them;
     ``path=None`` logs nothing (the non-zero ranks of a distributed run)."""
 
-    def __init__(self, path: str | Path | None, keep_until_step: int | None = None) -> None:
+    def __init__(self, path: str | Path | None, keep_until_step: int | None = None,
+                 sink: RowSink | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        self.sink = sink
         self._f = None
         if self.path is None:
             return
@@ -96,6 +103,8 @@ class MetricsLog:
         if self._f is not None:
             self._f.write(json.dumps(row, default=float) + "\n")
             self._f.flush()
+            if self.sink is not None:
+                self.sink.log(row)
 
     def close(self) -> None:
         if self._f is not None:

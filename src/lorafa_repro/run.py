@@ -28,6 +28,8 @@ from lorafa_repro import checkpoint as ckpt
 from lorafa_repro import distributed as dist
 from lorafa_repro import rundir
 from lorafa_repro.cli import check_output_path
+from lorafa_repro.errors import ConfigError
+from lorafa_repro.loggers import RunIdentity, Trackers, identity_from_hydra, run_summary
 from lorafa_repro.memory.peak import PeakMemory
 from lorafa_repro.methods import apply_method, get_method, method_options
 from lorafa_repro.models import build_model, build_tokenizer, count_parameters, enable_gradient_checkpointing
@@ -41,7 +43,7 @@ from lorafa_repro.results import (
     write_json_atomic,
 )
 from lorafa_repro.local_models import check_reachable
-from lorafa_repro.schema import ConfigError, TrainConfig, validate
+from lorafa_repro.schema import TrainConfig, validate
 from lorafa_repro.tasks import DataNotFoundError, build_task
 from lorafa_repro.trainer import (
     Diverged,
@@ -61,7 +63,7 @@ FINAL_STATUSES = ("success", "failed", "oom", "diverged")
 #: Keys that do not change what a run computes: a stored result differing only in these is the same run.
 RUN_INVARIANT_KEYS = ("output_dir", "skip_if_done", "on_config_change", "trainer.progress", "trainer.num_workers",
                       "trainer.checkpoint_every", "trainer.keep_checkpoints", "task.data_dir",
-                      "trainer.divergence_factor")
+                      "trainer.divergence_factor", "logger")
 
 
 def set_seed(seed: int) -> None:
@@ -143,6 +145,20 @@ def _replace(out: Path, why: str) -> None:
         logger.warning("%s %s: moved it to %s and start afresh", out, why, moved)
 
 
+def build_adapted_model(cfg: DictConfig, task: Any, device: torch.device, precision: str) -> torch.nn.Module:
+    """The model a run trains: ``cfg.model`` built for ``task``, adapted with ``cfg.method``, on ``device``."""
+    m = cfg.method
+    model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels)
+    # a 4-bit method quantizes on the CPU and moves the NF4 weights: the device never holds the fp32 ones
+    model = model if get_method(m.name).quantize_4bit else model.to(device)
+    if cfg.trainer.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    target = m.target_modules if m.target_modules is not None else (list(cfg.model.default_target_modules) or None)
+    return apply_method(model, m.name, rank=m.rank, alpha=m.alpha, dropout=m.dropout, target_modules=target,
+                        compute_dtype=compute_dtype, **method_options(m)).to(device)
+
+
 def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[str, Any] | None,
                                                                           dict[str, Any] | None]:
     """``(stored result to reuse, checkpoint to resume)`` for ``out``. A finished or resumable run of another
@@ -179,8 +195,10 @@ def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[
     return None, state
 
 
-def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Validate, build, train, evaluate; write ``result.json`` and ``metrics.jsonl`` to ``output_dir``.
+def run(cfg: DictConfig | TrainConfig, output_dir: str | Path, identity: RunIdentity | None = None) -> dict[str, Any]:
+    """Validate, build, train, evaluate; write ``result.json`` and ``metrics.jsonl`` to ``output_dir``, and the
+    same rows to the trackers ``cfg.logger`` selects (``identity``: the run's name and sweep for them; default:
+    what Hydra says about the current job, else the output directory).
 
     Raises :class:`~lorafa_repro.schema.ConfigError` before any model is loaded or anything is written when a
     value is wrong, the data cannot be found (local folder or Hub) or the folder is in use or holds a run that
@@ -199,10 +217,11 @@ def run(cfg: DictConfig | TrainConfig, output_dir: str | Path) -> dict[str, Any]
     # under torchrun rank 0 holds the lock; one process: stop at once where that is safe (see StopSignals)
     rank, world = dist.launched_rank_and_world()
     with rundir.locked(out) if rank == 0 else contextlib.nullcontext(), StopSignals(immediate=world == 1) as stops:
-        return _run_locked(cfg, out, config, stops)
+        return _run_locked(cfg, out, config, stops, identity)
 
 
-def _run_locked(cfg: DictConfig, out: Path, config: dict[str, Any], stops: StopSignals) -> dict[str, Any]:
+def _run_locked(cfg: DictConfig, out: Path, config: dict[str, Any], stops: StopSignals,
+                identity: RunIdentity | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     with stops.deferred():  # moving an old run aside is not cut in half
         reuse, resume = _previous(out, config, cfg)
@@ -228,30 +247,24 @@ def _run_locked(cfg: DictConfig, out: Path, config: dict[str, Any], stops: StopS
     result = new_result("train", config)
     result["status"] = "running"
     result["memory"]["precision"] = resolve_precision(cfg.trainer.precision, device)
+    trackers = Trackers()  # opened in the try below: a tracker that cannot start fails the run like any error
     with stops.deferred():
         if is_main:
             write_json_atomic(out / "result.json", result)
             if resume is None:  # a fresh run: another run's evaluations must not sit beside this one's
                 shutil.rmtree(out / "predictions", ignore_errors=True)
         log = MetricsLog(out / "metrics.jsonl" if is_main else None,
-                         keep_until_step=resume["step"] if resume else None)
+                         keep_until_step=resume["step"] if resume else None, sink=trackers)
     local_failure = False  # an exception of this rank alone (not one every rank agreed on)
     try:
         with stops.immediate_here():
             t_load = time.perf_counter()
+            if is_main:
+                trackers.open(cfg.logger, out, identity or identity_from_hydra(out), config,
+                              resume_step=resume["step"] if resume else 0)
             m = cfg.method
             spec = get_method(m.name)
-            model = build_model(cfg.model, task_kind=task.kind, num_labels=task.num_labels)
-            # a 4-bit method quantizes on the CPU and moves the NF4 weights: the device never holds the fp32 ones
-            model = model if spec.quantize_4bit else model.to(device)
-            if cfg.trainer.gradient_checkpointing:
-                enable_gradient_checkpointing(model)
-            precision = result["memory"]["precision"]
-            compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-            target = m.target_modules if m.target_modules is not None else (list(cfg.model.default_target_modules)
-                                                                            or None)
-            model = apply_method(model, m.name, rank=m.rank, alpha=m.alpha, dropout=m.dropout, target_modules=target,
-                                 compute_dtype=compute_dtype, **method_options(m)).to(device)
+            model = build_adapted_model(cfg, task, device, result["memory"]["precision"])
             load_s += time.perf_counter() - t_load
         memory.end_loading()  # the loading peak apart from the training steps' peak
         result["params"] = count_parameters(model)
@@ -295,6 +308,7 @@ def _run_locked(cfg: DictConfig, out: Path, config: dict[str, Any], stops: StopS
             result["timing"]["load_s"] = load_s
             result["timing"]["total_s"] = time.perf_counter() - t0
             _record_ranks(result, memory, out, local_failure)
+            trackers.finish(run_summary(result), result["status"])
     return result
 
 

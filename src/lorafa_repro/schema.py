@@ -15,25 +15,25 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lorafa_repro.errors import ConfigError  # re-exported: callers may import it from here
 from lorafa_repro.local_models import register_resolvers
-
-
-class ConfigError(ValueError):
-    """A value a user can fix with an override; the message says which one."""
 
 
 @dataclass
 class ModelConfig:
+    # the name results and tables show (e.g. roberta-base)
     name: str = MISSING
     # encoder (RoBERTa, BERT) | encoder_decoder (T5) | decoder (LLaMA)
     arch: str = MISSING
     # shipped: random init from src/lorafa_repro/model_configs/<path>.json (no download)
     # pretrained: Hugging Face Hub id or local directory with real weights
     source: str = "shipped"
+    # shipped: a file stem under model_configs/; pretrained: a Hub id or a local directory
     path: str = MISSING
     # "byte" (a byte-level tokenizer built in code, no download) or a Hub id / local directory;
     # null = the tokenizer stored with `path`.
     tokenizer: Optional[str] = "byte"
+    # a GGUF file inside `path` to load (transformers dequantizes it); null = safetensors / bin weights
     gguf_file: Optional[str] = None
     # Names of the linear layers that make up "all linear layers of the transformer blocks".
     default_target_modules: list[str] = field(default_factory=list)
@@ -46,10 +46,13 @@ class ModelConfig:
 class TaskConfig:
     # glue | wmt16 | instruct | lm
     family: str = MISSING
+    # the task within its family (glue: cola, sst2, mrpc, ...)
     name: str = MISSING
     # Local folder in the original distribution layout; null = download from the Hub.
     data_dir: Optional[str] = None
+    # tokens per example (longer ones are truncated)
     max_seq_len: int = 128
+    # the first N training / evaluation examples only; null = all
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     # --- wmt16 family (tasks/wmt16.py) ---
@@ -108,12 +111,16 @@ class TaskConfig:
 class MethodConfig:
     """The same keys for every method, so `method=ft,lora,lora_fa method.rank=8` sweeps work."""
 
+    # ft | lora | lora_fa | qlora | qlora_fa | lora_fa_v2 | adapter (methods/__init__.py)
     name: str = MISSING
+    # LoRA rank r (adapter: the bottleneck size); unused by ft
     rank: Optional[int] = None
+    # LoRA scaling alpha / r; unused by ft and adapter
     alpha: Optional[float] = None
     # The LoRA scale on B A x: standard = alpha / rank | rslora = alpha / sqrt(rank) (PEFT's use_rslora). Methods
     # with a LoRA scale only (lora, lora_fa, qlora, qlora_fa, lora_fa_v2); ft and adapter accept only standard.
     alpha_scaling: str = "standard"
+    # dropout on the LoRA branch's input
     dropout: float = 0.0
     # Suffixes of module names (e.g. [query, value]); null = the model's default_target_modules.
     target_modules: Optional[list[str]] = None
@@ -138,34 +145,44 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
+    # AdamW (torch's fused kernel on CPU); weight decay skips 1-D tensors (biases, norms)
     name: str = "adamw"
     lr: float = 5e-4
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    # linear warmup over this fraction of the steps
     warmup_ratio: float = 0.06
     # linear | constant
     schedule: str = "linear"
+    # gradient clipping by global norm; null = none
     max_grad_norm: Optional[float] = 1.0
 
 
 @dataclass
 class TrainerConfig:
+    # examples per optimizer step and process (x grad_accum)
     batch_size: int = 32
     eval_batch_size: int = 64
+    # gradient accumulation: micro-batches of batch_size per optimizer step
     grad_accum: int = 1
     # max_steps > 0 wins over epochs; -1 = no step limit (epochs decides); 0 and other negatives are errors
     max_steps: int = -1
     epochs: float = 1.0
+    # evaluate every N steps (and always at the end); 0 = at the end only
     eval_every: int = 0
+    # one metrics.jsonl row (and tracker point) every N steps, plus step 1 and the last
     log_every: int = 10
     # auto: fp32 on CPU, bf16 on GPUs that support it (else fp16) | fp32 | bf16 | fp16
     precision: str = "auto"
     # auto | cpu | cuda
     device: str = "auto"
+    # recompute each block's activations in backward (less memory, one more forward per block)
     gradient_checkpointing: bool = False
+    # a tqdm progress bar
     progress: bool = True
+    # DataLoader worker processes
     num_workers: int = 0
     # Checkpoint (trainable weights, optimizer, scheduler, RNG, data position) every N steps and at the end;
     # 0 = only on SIGTERM/SIGINT. A rerun into the same run directory resumes from the newest one.
@@ -183,12 +200,53 @@ class TrainerConfig:
 
 
 @dataclass
+class TensorBoardLoggerConfig:
+    # null = <run dir>/tensorboard; a folder = <dir>/<sweep name>/<run name> (one logdir for many sweeps)
+    dir: Optional[str] = None
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = "lorafa-repro"
+    # the W&B team or user; null = your default entity
+    entity: Optional[str] = None
+    # offline (no network, no account; `wandb sync` uploads later) | online | disabled
+    mode: str = "offline"
+    # null = the sweep directory in a multirun (one W&B group per sweep); none in a single run
+    group: Optional[str] = None
+    # W&B tags of the run
+    tags: list[str] = field(default_factory=list)
+    # null = the run directory (W&B writes <dir>/wandb/)
+    dir: Optional[str] = None
+
+
+@dataclass
+class MlflowLoggerConfig:
+    # null = a local file store: file:<sweep dir>/mlruns in a multirun, file:<run dir>/mlruns in a single run
+    tracking_uri: Optional[str] = None
+    # null = the sweep directory's name in a multirun (one experiment per sweep), else lorafa-repro
+    experiment: Optional[str] = None
+
+
+@dataclass
+class LoggerConfig:
+    """The ``logger`` group (conf/logger/): metrics.jsonl is always written; a tracker is on when its section is
+    set, e.g. ``logger=[tensorboard,wandb]`` (lorafa_repro/loggers/)."""
+
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+    mlflow: Optional[MlflowLoggerConfig] = None
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # model init, data order and dropout
     seed: int = 0
     # Where result.json / metrics.jsonl go; null = Hydra's run directory.
     output_dir: Optional[str] = None
@@ -221,6 +279,7 @@ def _positive(value: Any, key: str, example: str) -> None:
 
 def validate(cfg: DictConfig | TrainConfig) -> None:
     """Check values that OmegaConf's types cannot; cheap, touches no model weights."""
+    from lorafa_repro.loggers import check_installed
     from lorafa_repro.methods import METHODS
     from lorafa_repro.tasks import FAMILY_ARCHS, check_task_config, check_task_data, known_tasks
 
@@ -285,6 +344,9 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _one_of(c.on_config_change, "on_config_change", ("error", "rerun"))
+    if c.logger.wandb is not None:
+        _one_of(c.logger.wandb.mode, "logger.wandb.mode", ("offline", "online", "disabled"))
+    check_installed(c.logger)
     _check_device(tr.device, tr.precision, spec.name)
 
     _one_of(mo.arch, "model.arch", ARCHS)

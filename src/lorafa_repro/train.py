@@ -25,7 +25,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lorafa_repro.cli import hydra_entry, single_line
-from lorafa_repro.schema import ConfigError, register_configs
+from lorafa_repro.errors import ConfigError
+from lorafa_repro.schema import register_configs
 
 CONF_DIR = Path(os.environ.get("LORAFA_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 EXIT_CODES = {"failed": 1, "config": 2, "oom": 3, "diverged": 4, "interrupted": 5}

@@ -242,6 +242,9 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
     params = [p for p in model.parameters() if p.requires_grad]
     inject = FaultInjector(getattr(trainer, "fault", None), out_dir, rank)
     divergence_factor = getattr(trainer, "divergence_factor", None)
+    # plain ints read once: an OmegaConf lookup per use costs more than the tiny models' step bookkeeping
+    grad_accum, log_every, eval_every = int(trainer.grad_accum), int(trainer.log_every), int(trainer.eval_every)
+    every, max_grad_norm = int(trainer.checkpoint_every), optim.max_grad_norm
     is_main = rank == 0
 
     def evaluate(step: int) -> dict[str, Any]:
@@ -332,10 +335,10 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
         for step in bar:
             t_step = time.perf_counter()
             step_loss = torch.zeros((), device=device)
-            for _ in range(trainer.grad_accum):
+            for _ in range(grad_accum):
                 batch = {k: v.to(device) for k, v in next(batches).items()}
                 with autocast():
-                    loss = inject(step, train_model(**batch).loss) / trainer.grad_accum
+                    loss = inject(step, train_model(**batch).loss) / grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.detach().float()
                 n_tok = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
@@ -347,8 +350,8 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
                              losses[-(DIVERGENCE_WINDOW - 1):] + [step_value], step, divergence_factor)
             if scaler:
                 scaler.unscale_(optimizer)
-            if optim.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -365,16 +368,15 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
             bar.set_postfix(loss=f"{step_value:.4f}")
 
             is_last = step == steps
-            if step % trainer.log_every == 0 or is_last or step == 1:
+            if step % log_every == 0 or is_last or step == 1:
                 log.log({"step": step, "loss": loss_since / n_since, "lr": scheduler.get_last_lr()[0],
                          "step_time_s": train_since / n_since, "tokens_per_s": tokens_since / max(train_since, 1e-9),
                          **memory.interval()})
                 tokens_total += tokens_since
                 tokens_since, loss_since, n_since, train_since = 0, 0.0, 0, 0.0
-            if (trainer.eval_every and step % trainer.eval_every == 0) or is_last:
+            if (eval_every and step % eval_every == 0) or is_last:
                 run_eval(step)
             stop = dist.any_flag(bool(stops.caught))
-            every = trainer.checkpoint_every
             path = None
             if stop or (every > 0 and (step % every == 0 or is_last)):
                 path = save(step)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from lorafa_repro.errors import ConfigError
 from lorafa_repro.memory.semantics import SEMANTICS, device_semantics
 from lorafa_repro.models import count_parameters, enable_gradient_checkpointing
 
@@ -129,7 +130,6 @@ def _load_config(model: str) -> PretrainedConfig:
     from transformers import AutoConfig
 
     from lorafa_repro.models import shipped_config, shipped_config_names
-    from lorafa_repro.schema import ConfigError
 
     path = Path(model).expanduser()
     try:
@@ -179,7 +179,6 @@ def config_arch(cfg: PretrainedConfig) -> str:
         return "encoder"
     if cfg.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "decoder"
-    from lorafa_repro.schema import ConfigError
 
     raise ConfigError(f"model_type {cfg.model_type!r} is neither an encoder-decoder, a causal LM nor a masked-LM "
                       "encoder in this transformers version. Fix: pass a text model transformers can build with "
@@ -226,7 +225,6 @@ def model_depth(model: str) -> int:
     cfg = model_config(model)
     keys = depth_keys(cfg)
     if not keys:
-        from lorafa_repro.schema import ConfigError
 
         raise ConfigError(f"{model!r}: no depth key ({', '.join(DEPTH_KEYS)}) in its config. Fix: pass a config "
                           "that states its number of layers")
@@ -271,7 +269,6 @@ def check_depth(model: nn.Module, layers: int, source: str) -> None:
     really set the model's depth (else the extrapolation would be wrong)."""
     stacks = {stack: n for stack, _, n in transformer_blocks(model).values()}
     if not stacks or any(n != layers for n in stacks.values()):
-        from lorafa_repro.schema import ConfigError
 
         raise ConfigError(f"{source}: setting the depth keys to {layers} gave block stacks {stacks or 'none'}; "
                           "its depth is not held by any of memory.step.DEPTH_KEYS. Fix: add this architecture's depth "
@@ -303,7 +300,6 @@ def build_base_model(cfg: ProbeConfig) -> nn.Module:
     current default device (call inside ``torch.device("meta")`` for a weightless model). The family picks the
     head: encoders a sequence-classification head, decoders a causal-LM head, encoder-decoders seq2seq."""
     from lorafa_repro.models import model_from_config
-    from lorafa_repro.schema import ConfigError
 
     hf = model_config(cfg.model)
     arch = config_arch(hf)
@@ -349,7 +345,6 @@ def apply_probe_method(model: nn.Module, cfg: ProbeConfig, *, simulate_4bit: boo
     targets = list(cfg.target_modules) if cfg.target_modules else None
     if get_method(method).uses_adapters and not targets:
         from lorafa_repro.methods.targets import block_linears
-        from lorafa_repro.schema import ConfigError
 
         if not block_linears(model):
             raise ConfigError(f"{cfg.model!r} has no nn.Linear in its blocks to put {method} adapters on (GPT-2 "

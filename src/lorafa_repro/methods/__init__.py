@@ -26,7 +26,7 @@ from lorafa_repro.methods.ft import apply_ft
 from lorafa_repro.methods.lora import ALPHA_SCALINGS, adapter_scale, apply_lora, apply_qlora
 from lorafa_repro.methods.lora_fa import apply_lora_fa
 from lorafa_repro.methods.lora_fa_v2 import apply_lora_fa_v2, make_lora_fa_v2_optimizer
-from lorafa_repro.methods.qlora_fa import apply_qlora_fa
+from lorafa_repro.methods.qlora_fa import apply_qlora_fa  # also registers the 4-bit LoRA-FA layer in lora_fa
 from lorafa_repro.methods.targets import block_linears, head_modules, resolve_target_modules
 
 # (model, *, rank, alpha, lr, weight_decay) -> optimizer; None = the suite's AdamW.
@@ -162,6 +162,9 @@ def build_optimizer(
 
     Weight decay skips biases and norm weights (1-D tensors), as in HF's run_glue.
     QLoRA on CUDA uses bitsandbytes' paged AdamW (32-bit states), as in the QLoRA paper.
+    On CPU the AdamW is torch's fused kernel (as HF Trainer's default ``adamw_torch_fused``): torch's default
+    there is a per-tensor Python loop, 5x slower on all-MiniLM-L6-v2's 22.7M parameters (analysis/bench_train.py).
+    On CUDA torch's default (foreach) stays, the implementation the memory planner and probes model.
     """
     spec = get_method(method)
     if spec.make_optimizer is not None:
@@ -177,7 +180,8 @@ def build_optimizer(
         import bitsandbytes as bnb
 
         return bnb.optim.PagedAdamW32bit(groups, lr=lr, betas=betas, eps=eps)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    on_cpu = all(p.device.type == "cpu" and p.dtype.is_floating_point for _, p in trainable)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True if on_cpu and trainable else None)
 
 
 __all__ = ["ALPHA_SCALINGS", "METHODS", "OPTION_KEYS", "Method", "adapter_scale", "apply_method", "block_linears", "build_optimizer", "get_method",

@@ -103,7 +103,8 @@ class LoraFALinear(_LoraFAForwardMixin, PeftLoraLinear):
     """PEFT ``lora.Linear`` whose training forward keeps only XA for backward (LoRA-FA)."""
 
 
-# PEFT class -> LoRA-FA subclass. qlora_fa registers the bitsandbytes 4-bit layer here.
+# PEFT class -> LoRA-FA subclass. methods/qlora_fa.py registers the bitsandbytes 4-bit layer here when it is
+# imported, which the package ``lorafa_repro.methods`` does before any of its modules can be used (no back-import).
 LORA_FA_CLASSES: dict[type, type] = {PeftLoraLinear: LoraFALinear}
 
 _WARNED: set[str] = set()
@@ -131,10 +132,6 @@ def convert_to_lora_fa(model: nn.Module) -> int:
             converted += 1
             continue
         target = LORA_FA_CLASSES.get(type(module))
-        if target is None and ".bnb" in type(module).__module__:
-            import lorafa_repro.methods.qlora_fa  # noqa: F401  (registers the 4-bit LoRA-FA layer)
-
-            target = LORA_FA_CLASSES.get(type(module))
         if target is None:
             raise TypeError(f"{name}: no LoRA-FA layer for {type(module).__module__}.{type(module).__name__}")
         module.__class__ = target

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lorafa_repro.errors import ConfigError
 from lorafa_repro.tasks.base import Task
 from lorafa_repro.tasks.glue_data import DataNotFoundError
 
@@ -48,7 +49,6 @@ def known_tasks(family: str) -> list[str]:
 
 def check_task_data(family: str, name: str, data_dir: Path, task_cfg: Any = None) -> None:
     """Raise a ConfigError naming the fix when a local data folder lacks what the task reads."""
-    from lorafa_repro.schema import ConfigError
 
     try:
         _family(family).check_local_data(name, data_dir, task_cfg)
@@ -58,7 +58,6 @@ def check_task_data(family: str, name: str, data_dir: Path, task_cfg: Any = None
 
 def check_task_config(family: str, task_cfg: Any) -> None:
     """The family's own value checks (``check_config``, when it has one), as a ConfigError."""
-    from lorafa_repro.schema import ConfigError
 
     check = getattr(_family(family), "check_config", None)
     if check is not None:

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from lorafa_repro.errors import ConfigError
 from lorafa_repro.results import write_jsonl_atomic
 from lorafa_repro.tasks.causal_lm import causal_collate, encode_prompt, encode_prompt_response, pad_rows
 from lorafa_repro.tasks.glue_data import DataNotFoundError, read_utf8
@@ -63,7 +64,6 @@ def build(task_cfg: Any, *, seed: int = 0) -> "Wmt16Task":
 
 def check_config(cfg: Any) -> None:
     """Value checks for the wmt16 keys (cheap; before any data or model is loaded)."""
-    from lorafa_repro.schema import ConfigError
 
     for key, example in (("max_target_len", "128"), ("num_beams", "4"), ("max_new_tokens", "128")):
         if cfg[key] is None or cfg[key] <= 0:
