@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterator, NoReturn
 
-from lorafa_repro.schema import ConfigError
+from lorafa_repro.errors import ConfigError
 
 #: the exit code of a user error, for every entry point
 USER_ERROR = 2

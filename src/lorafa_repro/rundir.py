@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from lorafa_repro.schema import ConfigError
+from lorafa_repro.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

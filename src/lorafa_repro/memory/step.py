@@ -194,7 +194,7 @@ def check_positions(cfg: ProbeConfig) -> None:
     """ConfigError when one example's tokens exceed the model's learned position table (:func:`~lorafa_repro.
     models.position_limit`); fake tensors would not notice, a real step fails with an index error."""
     from lorafa_repro.models import position_limit
-    from lorafa_repro.schema import ConfigError
+    from lorafa_repro.errors import ConfigError
 
     hf = model_config(cfg.model)
     limit = position_limit(hf)
