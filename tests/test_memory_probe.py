@@ -405,3 +405,16 @@ def test_analytic_reads_every_shape_from_one_fake_forward(method: str, monkeypat
     out = probe(ProbeConfig(model="tiny-llama", method=method, gradient_checkpointing=True, **TINY), "analytic")
     assert len(forwards) == 1
     assert out["breakdown"]["activations"] > 0
+
+
+def test_the_measured_step_runs_cudas_default_adamw_even_where_training_fuses_it() -> None:
+    """Training on CPU fuses AdamW (methods.build_optimizer); the probes measure CUDA's default foreach AdamW,
+    whose update keeps a temporary copy of the gradients (for FT of a 7B model, 25 GB of Table 4's peak)."""
+    from lorafa_repro.memory.step import build_on_device, make_optimizer
+    from lorafa_repro.methods import build_optimizer
+
+    cfg = ProbeConfig(model="tiny-roberta", method="ft", **TINY)
+    model = build_on_device(cfg, torch.device("cpu"))
+    assert all(g["fused"] for g in build_optimizer(model, "ft", lr=1e-4, weight_decay=0.0).param_groups)
+    groups = make_optimizer(model, cfg).param_groups
+    assert all(g["foreach"] and not g["fused"] for g in groups)

@@ -399,6 +399,8 @@ def make_optimizer(model: nn.Module, cfg: ProbeConfig, *, foreach: bool = True) 
     for group in opt.param_groups:
         if "foreach" in group:
             group["foreach"] = foreach
+        if group.get("fused"):  # training on CPU fuses AdamW (build_optimizer); the step measured is CUDA's default
+            group["fused"] = None
     return warm_up(opt)
 
 
