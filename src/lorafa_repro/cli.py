@@ -129,7 +129,7 @@ def hydra_message(e: BaseException) -> str:
         return f"{head}. Fix: use one of {', '.join(options)}"
     if isinstance(e, OverrideParseException):
         return f"{head}. Fix: write overrides as key=value (quote values with spaces or brackets)"
-    return (f"{head}. Fix: check the key's spelling and the value's type against conf/ and the README "
+    return (f"{head}. Fix: check the key's spelling and the value's type against docs/config.md "
             "(--cfg job prints the composed config)")
 
 

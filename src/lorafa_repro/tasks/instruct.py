@@ -15,7 +15,7 @@ subset with the run's seed (FLAN v2: 50,000, as the paper did).
 Evaluation: MMLU (``lorafa_repro.mmlu``) on ``task.mmlu_dir`` (null = Hub ``cais/mmlu``). Every ``eval_every``
 steps on ``task.mmlu_eval_subjects`` / ``mmlu_eval_limit_per_subject`` (null = the final set); the last
 evaluation (:meth:`InstructTask.evaluate_final`) on ``task.mmlu_subjects`` / ``mmlu_limit_per_subject`` (null =
-all 57 subjects, every question). ``score`` is the ``task.mmlu_average`` (macro by default; see README).
+all 57 subjects, every question). ``score`` is the ``task.mmlu_average`` (macro by default; see docs/mmlu.md).
 """
 
 from __future__ import annotations
