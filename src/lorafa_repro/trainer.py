@@ -220,8 +220,12 @@ def train_loop(model: nn.Module, task: Task, tokenizer: Any, *, trainer: Any, op
     ``resume`` is a loaded checkpoint to continue from; ``stops`` the caller's installed :class:`StopSignals`
     (None: the loop installs its own)."""
     train_data = task.train_dataset(tokenizer)
-    if not train_data:
-        raise ValueError("the training set is empty")
+    if not train_data:  # the task's loader refuses an empty file: name what was read, should it ever happen
+        cfg = getattr(task, "cfg", None)
+        raise ValueError(f"the training set of task {getattr(cfg, 'name', type(task).__name__)} is empty "
+                         f"(data_dir={getattr(cfg, 'data_dir', None)}, "
+                         f"max_train_samples={getattr(cfg, 'max_train_samples', None)}). "
+                         "Fix: check the training file, or task.max_train_samples")
     rank, world = dist.rank_and_world()
     collate = task.collate_fn(tokenizer)
     steps = total_steps(len(train_data), trainer)

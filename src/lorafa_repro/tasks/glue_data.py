@@ -36,6 +36,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from lorafa_repro.results import atomic_path
+
 logger = logging.getLogger(__name__)
 
 HUB_DATASET = "nyu-mll/glue"
@@ -583,8 +585,10 @@ def write_synthetic_glue(
             rows = _synthetic_rows(info, examples, dev=split != "train")
             text = "".join("\t".join(r) + "\n" for r in rows)
             encoding = "utf-8-sig" if info.name == "mrpc" else "utf-8"
-            with open(task_dir / _SPLIT_FILES[split], "w", encoding=encoding, newline="") as f:
-                f.write(text)
+            # whole files only (temp + rename): a run reading this folder while it is rewritten (make smoke
+            # beside a test run) never sees a truncated split
+            with atomic_path(task_dir / _SPLIT_FILES[split]) as tmp:
+                tmp.write_text(text, encoding=encoding, newline="")
     return root
 
 
