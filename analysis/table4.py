@@ -4,8 +4,7 @@
 
 Writes <results>/table4.md, table4.csv and table4.tex. Nothing is recomputed: only result.json files
 (written by ``python -m lorafa_repro.memory.table4``) and the paper's numbers are read. The paper's
-numbers come from ../shared/paper/tables/table4_memory.csv when present, else from the copy in
-analysis/paper_tables/table4_memory.csv. ``--budget-gb`` re-judges OOM against another device budget
+numbers come from analysis/paper_tables/table4_memory.csv (a copy of ../shared/paper/tables/table4_memory.csv). ``--budget-gb`` re-judges OOM against another device budget
 (default: the budget each cell was run with).
 """
 
@@ -33,7 +32,9 @@ BREAKDOWN = (("parameters", "Params"), ("gradients", "Grads"), ("optimizer_state
 
 
 def paper_csv_path() -> Path:
-    return PAPER_CSV_SHARED if PAPER_CSV_SHARED.exists() else PAPER_CSV_LOCAL
+    """The committed copy, always: the table must not depend on what lies beside the checkout (a test compares
+    it with ../shared/paper/tables/table4_memory.csv where that exists)."""
+    return PAPER_CSV_LOCAL
 
 
 def load_paper(path: Path | None = None) -> pd.DataFrame:
@@ -252,8 +253,8 @@ def notes(cells: list[dict[str, Any]], df: pd.DataFrame, results_dir: Path, pape
         out.append(f"LoRA-FA vs LoRA: ours {ours_r.min():.2f}-{ours_r.max():.2f}x "
                    f"({(ours_r >= 1.4).sum()} of {len(ours_r)} rows at >= 1.4x); paper "
                    f"{pap_r.min():.2f}-{pap_r.max():.2f}x ({(pap_r >= 1.4).sum()} of {len(pap_r)}).")
-    shown = paper_path.relative_to(REPO.parent) if paper_path.is_relative_to(REPO.parent) else paper_path
-    out.append(f"Paper numbers: {shown}.")
+    shown = paper_path.relative_to(REPO) if paper_path.is_relative_to(REPO) else paper_path
+    out.append(f"Paper numbers: {shown} (transcribed from the paper's Table 4).")
     shas = sorted({(c['env'].get('git_sha') or 'uncommitted') + (' (dirty)' if c['env'].get('git_dirty') else '')
                    for c in cells})
     prints = sorted({str(c["config"].get("code")) for c in cells})

@@ -164,3 +164,23 @@ def test_a_cell_computed_with_other_code_is_recomputed(tmp_path, monkeypatch) ->
     T.run_table(cells, tmp_path, "simulate")
     assert recomputed == [T.cell_name(cells[0])]
     assert json.loads((tmp_path / T.cell_name(cells[0]) / "result.json").read_text())["config"]["code"] == "edited-code"
+
+
+def test_the_committed_paper_numbers_are_the_shared_transcription() -> None:
+    """Table 4 always reads analysis/paper_tables (so the rendered file does not depend on what lies beside the
+    checkout); that copy must hold the same rows as ../shared/paper/tables/table4_memory.csv."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    import pytest
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "analysis"))
+    import table4
+
+    if not table4.PAPER_CSV_SHARED.exists():
+        pytest.skip(f"{table4.PAPER_CSV_SHARED} not present (../shared is not beside this checkout)")
+    assert table4.paper_csv_path() == table4.PAPER_CSV_LOCAL
+    shared, local = (pd.read_csv(p, comment="#") for p in (table4.PAPER_CSV_SHARED, table4.PAPER_CSV_LOCAL))
+    pd.testing.assert_frame_equal(shared, local)
