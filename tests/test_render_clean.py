@@ -59,4 +59,6 @@ def test_every_committed_memory_cell_is_current_so_reuse_targets_recompute_nothi
     for row, cfg in lc.cells("llama-7b", [8192, 16384], 8, 80.0):
         if not lc.is_stored(lc.cell_dir(REPO / "results" / "long_context", row, cfg) / "result.json", cfg):
             stale.append(f"long_context/{row.key} {cfg.seq_len} {cfg.attn} ckpt={cfg.gradient_checkpointing}")
-    assert stale == [], f"{len(stale)} stale cells, e.g. {stale[:5]}"
+    assert stale == [], (f"{len(stale)} committed memory cells are stale for this code, e.g. {stale[:5]}. Fix: make "
+                         "reproduce-table4; python -m lorafa_repro.memory.table4 --gradient-checkpointing; make fig3; "
+                         "make long-context-memory; commit (docs/memory.md)")
