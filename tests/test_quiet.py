@@ -49,3 +49,23 @@ def test_a_qlora_run_prints_no_warning(synthetic_glue: Path, tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
     assert "warn" not in text.lower(), text[-2000:]
+
+
+REPORT = ("\x1b[1mBertForSequenceClassification LOAD REPORT\x1b[0m from: /models/minilm\n"
+          "Key               | Status  | \n------------------+---------+-\n{rows}\n\nNotes:\n"
+          "- MISSING:\tthose params were newly initialized because missing from the checkpoint.")
+
+
+@pytest.mark.parametrize("rows,shown", [
+    ("classifier.weight | MISSING | \nclassifier.bias   | MISSING | ", False),  # the task head fine-tuning adds
+    ("classifier.weight | MISSING | \nlm_head.dense.weight | UNEXPECTED | ", False),  # + the dropped MLM head
+    ("classifier.weight | MISSING | \nbert.encoder.layer.0.attention.self.query.weight | MISSING | ", True),
+    ("classifier.weight | MISMATCH | ", True),  # a shape mismatch is a real problem
+    ("bert.pooler.dense.weight | UNEXPECTED | ", True),
+])
+def test_a_load_report_is_dropped_only_when_it_lists_the_new_head(rows: str, shown: bool, caplog) -> None:
+    quiet_known_warnings()
+    log = logging.getLogger(quiet.TRANSFORMERS_LOAD_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=quiet.TRANSFORMERS_LOAD_LOGGER):
+        log.warning(REPORT.format(rows=rows))
+    assert bool(caplog.records) is shown
