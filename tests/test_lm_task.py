@@ -153,3 +153,24 @@ def test_longlora_run_on_text_lowers_loss_and_perplexity(text_dir: Path, tmp_pat
     again = evaluate_untrained(lm_cfg(text_dir, *common, "skip_if_done=true", "method=lora_fa",
                                       "trainer.max_steps=3"), tmp_path / "before")
     assert again["created_at"] == before["created_at"]  # a finished evaluation of the same config is reused
+
+
+def test_an_evaluation_locks_its_folder_and_never_replaces_another_config_silently(text_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    from lorafa_repro.evaluate import evaluate_untrained
+    from lorafa_repro.rundir import RunDirError, locked
+
+    common = ("task.max_seq_len=64", "task.max_eval_samples=2")
+    out = tmp_path / "eval"
+    first = evaluate_untrained(lm_cfg(text_dir, *common), out)
+    with pytest.raises(RunDirError, match=r"holds a finished evaluation \(success\) of another config: "
+                                          r"task.max_seq_len: 64 -> 32.*Fix: on_config_change=rerun"):
+        evaluate_untrained(lm_cfg(text_dir, "task.max_seq_len=32", "task.max_eval_samples=2"), out)
+    assert json.loads((out / "result.json").read_text())["created_at"] == first["created_at"]  # kept
+    second = evaluate_untrained(lm_cfg(text_dir, "task.max_seq_len=32", "task.max_eval_samples=2",
+                                       "on_config_change=rerun"), out)
+    assert second["config"]["task"]["max_seq_len"] == 32
+    moved = list((out / "replaced").glob("*/result.json"))
+    assert [json.loads(p.read_text())["created_at"] for p in moved] == [first["created_at"]]
+    with locked(out), pytest.raises(RunDirError, match="in use by another run"):  # held, as by a second process
+        evaluate_untrained(lm_cfg(text_dir, *common, "skip_if_done=true"), out)

@@ -11,6 +11,7 @@ and the training-only trainer keys are ignored). Exit code 2 on a bad config.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lorafa_repro import rundir
 from lorafa_repro.cli import hydra_entry, user_errors
 from lorafa_repro.schema import register_configs
 from lorafa_repro.train import CONF_DIR
+
+logger = logging.getLogger(__name__)
 
 register_configs()
 
@@ -41,19 +45,47 @@ def eval_invariant_keys(cfg: DictConfig) -> tuple[str, ...]:
 def evaluate_untrained(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Validate, build the task, tokenizer and model, evaluate once; write and return ``result.json``."""
     from lorafa_repro.cli import check_output_path
-    from lorafa_repro.memory.peak import PeakMemory
-    from lorafa_repro.models import build_model, count_parameters
-    from lorafa_repro.results import is_done, new_result, read_result, write_json_atomic
-    from lorafa_repro.run import code_fingerprint, one_line, prepare_task, set_seed
+    from lorafa_repro.results import is_done, read_result
+    from lorafa_repro.run import code_fingerprint
     from lorafa_repro.schema import validate
-    from lorafa_repro.trainer import autocast_factory, resolve_device, resolve_precision
 
     validate(cfg)
     check_output_path(output_dir, "output_dir", folder=True)
     out = Path(output_dir)
     config = {**OmegaConf.to_container(cfg, resolve=True), "code": code_fingerprint()}
-    if cfg.skip_if_done and is_done(out, config, ignore=eval_invariant_keys(cfg)):
-        return read_result(out / "result.json")
+    with rundir.locked(out):  # one run per folder, as for training (rundir.py)
+        if cfg.skip_if_done and is_done(out, config, ignore=eval_invariant_keys(cfg)):
+            return read_result(out / "result.json")
+        _keep_another_configs_result(out, config, cfg)
+        return _evaluate(cfg, out, config)
+
+
+def _keep_another_configs_result(out: Path, config: dict[str, Any], cfg: DictConfig) -> None:
+    """A finished result of another config in ``out`` is never replaced without a word: refused with the diff
+    (``on_config_change=error``) or moved to ``out/replaced/<UTC time>/`` (``rerun``), as run.py does."""
+    from lorafa_repro.results import config_diff, format_diff, try_read_result
+
+    data, _ = try_read_result(out / "result.json")
+    if data is None or data.get("status") == "running":
+        return
+    diff = config_diff(data.get("config", {}), config, eval_invariant_keys(cfg))
+    if not diff:
+        return
+    if cfg.on_config_change == "error":
+        raise rundir.RunDirError(f"{out} holds a finished evaluation ({data.get('status')}) of another config: "
+                                 f"{format_diff(diff)}. Fix: on_config_change=rerun (keeps the old one under "
+                                 "<output_dir>/replaced/) or another output_dir")
+    moved = rundir.move_aside(out)
+    logger.warning("%s held an evaluation of another config: moved it to %s", out, moved)
+
+
+def _evaluate(cfg: DictConfig, out: Path, config: dict[str, Any]) -> dict[str, Any]:
+    from lorafa_repro.memory.peak import PeakMemory
+    from lorafa_repro.models import build_model, count_parameters
+    from lorafa_repro.results import new_result, write_json_atomic
+    from lorafa_repro.run import one_line, prepare_task, set_seed
+    from lorafa_repro.trainer import autocast_factory, resolve_device, resolve_precision
+
     device = resolve_device(cfg.trainer.device)
     set_seed(cfg.seed)
     task, tokenizer = prepare_task(cfg)
