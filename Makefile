@@ -244,6 +244,8 @@ render:  ## re-render every committed table and figure from its committed result
 	  --out results/cpu_demo_mmlu
 	$(PYTHON) analysis/table2.py --results results/cpu_demo_wmt16/raw --out results/cpu_demo_wmt16 --no-paper
 	$(PYTHON) analysis/long_context_smollm2.py --results results/long_context_smollm2/raw --out results/long_context_smollm2
+	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results results/claims/rank_lr/raw --out results/claims/rank_lr \
+	  --model all-minilm-l6-v2 --task sst2
 
 # --- issue 21: our training loop beside HF Trainer ---
 .PHONY: bench-train

@@ -138,7 +138,8 @@ def plot(grid: pd.DataFrame, model: str, task: str, out: Path) -> list[Path]:
     vmin = min((t.min().min() for t in present), default=0.0)
     vmax = max((t.max().max() for t in present), default=100.0)
     n_rows = len(pairs) // len(METHODS)
-    fig, axes = plt.subplots(n_rows, len(METHODS), figsize=(5.2 * len(METHODS), 4.0 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, len(METHODS), figsize=(5.2 * len(METHODS), 4.0 * n_rows), squeeze=False,
+                             gridspec_kw={"hspace": 0.45})
     image = None
     for ax, (method, scaling) in zip(axes.ravel(), pairs):
         table = tables[(method, scaling)]
