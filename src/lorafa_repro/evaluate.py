@@ -72,9 +72,7 @@ def _keep_another_configs_result(out: Path, config: dict[str, Any], cfg: DictCon
     if not diff:
         return
     if cfg.on_config_change == "error":
-        raise rundir.RunDirError(f"{out} holds a finished evaluation ({data.get('status')}) of another config: "
-                                 f"{format_diff(diff)}. Fix: on_config_change=rerun (keeps the old one under "
-                                 "<output_dir>/replaced/) or another output_dir")
+        raise rundir.refuse_other_config(out, f"a finished evaluation ({data.get('status')})", format_diff(diff))
     moved = rundir.move_aside(out)
     logger.warning("%s held an evaluation of another config: moved it to %s", out, moved)
 

@@ -167,7 +167,6 @@ def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[
     this config that is run again (without ``skip_if_done``) and a killed one of another config."""
     data, _ = try_read_result(out / "result.json")
     state, path, bad = ckpt.newest_good_checkpoint(out)
-    rerun = "Fix: on_config_change=rerun (keeps the old run under <output_dir>/replaced/) or another output_dir"
     diff = next(filter(None, (config_diff(s.get("config", {}), config, RUN_INVARIANT_KEYS)
                               for s in (data, state) if s is not None)), {})
     finished = data is not None and data["status"] in FINAL_STATUSES
@@ -175,7 +174,7 @@ def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[
         if (finished or state is not None) and cfg.on_config_change == "error":
             held = (f"a finished run ({data['status']})" if data is not None and finished
                     else f"a resumable run (checkpoint of step {state['step']})")
-            raise rundir.RunDirError(f"{out} holds {held} of another config: {format_diff(diff)}. {rerun}")
+            raise rundir.refuse_other_config(out, held, format_diff(diff))
         _replace(out, "held a run of another config")
         return None, None
     if data is not None and finished:
@@ -187,7 +186,7 @@ def _previous(out: Path, config: dict[str, Any], cfg: DictConfig) -> tuple[dict[
     if bad and state is None:
         if cfg.on_config_change == "error":
             raise rundir.RunDirError(f"{out} has no usable checkpoint ({bad[0][0].name}: {bad[0][1]}). "
-                                     f"{rerun.replace('(keeps', 'to start over from step 0 (keeps')}")
+                                     f"{rundir.RERUN_FIX.replace('(keeps', 'to start over from step 0 (keeps')}")
         _replace(out, "had no usable checkpoint")
         return None, None
     for p, why in bad:

@@ -27,6 +27,10 @@ REPLACED_DIR = "replaced"
 RUN_FILES = ("result.json", "metrics.jsonl", "predictions", "checkpoints")
 
 
+# the fix every "holds a run of another config" refusal names (training and evaluation alike)
+RERUN_FIX = "Fix: on_config_change=rerun (keeps the old run under <output_dir>/replaced/) or another output_dir"
+
+
 class RunDirError(ConfigError):
     """The output folder's state stops the run (in use, or holding a run that must not be replaced); nothing
     was written. Unlike other ConfigErrors it is never recorded in that folder."""
@@ -96,3 +100,9 @@ def move_aside(run_dir: Path) -> Path | None:
     for p in present:
         os.replace(p, dest / p.name)
     return dest
+
+
+def refuse_other_config(run_dir: Path, held: str, diff_text: str) -> RunDirError:
+    """The error for ``run_dir`` holding ``held`` (e.g. "a finished run (success)") of another config, whose
+    differences are ``diff_text``, under ``on_config_change=error``."""
+    return RunDirError(f"{run_dir} holds {held} of another config: {diff_text}. {RERUN_FIX}")
