@@ -121,6 +121,29 @@ def test_synthetic_is_deterministic(tmp_path: Path) -> None:
     assert len(load_glue_split("sst2", "train", data_dir=a)) == 64  # default n_train
 
 
+def test_a_reader_never_sees_a_half_written_synthetic_split(tmp_path: Path) -> None:
+    """`make smoke` rewrites runs/synthetic_glue while a run may read it (issue #17's "empty training set" hunt):
+    each file is written whole (temp + rename), so every load beside a rewriting thread sees all rows. Written
+    in place (open, truncate, write), 299 of 300 loads here saw an empty or partial file."""
+    import threading
+
+    write_synthetic_glue(tmp_path, tasks=["sst2"], n_train=96, n_dev=8)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            write_synthetic_glue(tmp_path, tasks=["sst2"], n_train=96, n_dev=8)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        sizes = [len(load_glue_split("sst2", "train", data_dir=tmp_path)) for _ in range(150)]
+    finally:
+        stop.set()
+        writer.join()
+    assert sizes == [96] * 150
+
+
 def test_max_samples_is_seeded_subsample(synth: Path) -> None:
     full = load_glue_split("rte", "train", data_dir=synth)
     sub = load_glue_split("rte", "train", data_dir=synth, max_samples=10, seed=1)
