@@ -14,7 +14,8 @@ the number of configurations searched). Cells with no run are left empty.
 Below the paper-style table, the seeds of each chosen configuration: how many, mean ± sample sd, the median (the
 number in the table), and per model and task the paired difference LoRA-FA - LoRA over the seeds both ran (same
 seed = same data order, head and A initialisation) with its 95% t interval (``lorafa_repro.stats``).
-``--chosen`` prints the chosen ``task method lr`` per cell instead (a sweep picks learning rates on a grid with it,
+``--grid <folder>`` adds the learning-rate search run there: each lr's score, the chosen one, and whether it lies on
+the grid's edge. ``--chosen`` prints the chosen ``task method lr`` per cell instead (a sweep picks learning rates on a grid with it,
 then runs more seeds at each).
 """
 
@@ -40,12 +41,12 @@ COLUMNS = ["model", "method", "task", "lr", "rank", "alpha_scaling", "score", "m
            "configs", "seed_scores"]
 
 
-def ours(results: Path) -> pd.DataFrame:
-    """Per (model, method, task) the best configuration (lr, rank, alpha_scaling) by the median over its seeds;
-    ``seed_scores`` holds its score per seed."""
+def per_config(results: Path) -> pd.DataFrame:
+    """One row per (model, method, task, lr, rank, alpha_scaling) run: ``score`` the median over its seeds,
+    ``mean``, ``sd``, ``seeds`` and ``seed_scores`` (score per seed)."""
     df = load_results(results, kind="train", status="success")
     if df.empty:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=[c for c in COLUMNS if c != "configs"])
     df = df[df["config.task.family"] == "glue"]
     scaling = (df["config.method.alpha_scaling"].fillna("standard") if "config.method.alpha_scaling" in df
                else "standard")
@@ -59,10 +60,47 @@ def ours(results: Path) -> pd.DataFrame:
         rows.append({**dict(zip(keys, key)), "score": runs["score"].median(), "mean": mean, "sd": sd,
                      "seeds": len(runs), "trainable": runs["params.trainable"].iloc[0],
                      "seed_scores": dict(zip(runs["seed"].astype(int), runs["score"]))})
-    per_config = pd.DataFrame(rows)
-    best = per_config.loc[per_config.groupby(["model", "method", "task"])["score"].idxmax()]
-    configs = per_config.groupby(["model", "method", "task"]).size().rename("configs")
+    return pd.DataFrame(rows)
+
+
+def ours(results: Path) -> pd.DataFrame:
+    """Per (model, method, task) the best configuration (lr, rank, alpha_scaling) by the median over its seeds;
+    ``seed_scores`` holds its score per seed."""
+    configs_run = per_config(results)
+    if configs_run.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    best = configs_run.loc[configs_run.groupby(["model", "method", "task"])["score"].idxmax()]
+    configs = configs_run.groupby(["model", "method", "task"]).size().rename("configs")
     return best.merge(configs.reset_index(), on=["model", "method", "task"]).reset_index(drop=True)[COLUMNS]
+
+
+def grid_rows(configs_run: pd.DataFrame) -> list[dict]:
+    """Per (model, task, method) of a learning-rate search: the score at each lr (ascending), the chosen lr (best
+    score) and where it lies: "low" / "high" on the grid's edge (the optimum may lie outside: widen the grid),
+    "inside", or "one lr"."""
+    out = []
+    for (model, task, method), cells in configs_run.groupby(["model", "task", "method"]):
+        cells = cells.sort_values("lr")
+        lrs, scores = list(cells["lr"]), list(cells["score"])
+        best = max(range(len(lrs)), key=lambda i: scores[i])
+        where = ("one lr" if len(lrs) == 1 else "low" if best == 0 else "high" if best == len(lrs) - 1
+                 else "inside")
+        out.append({"model": model, "task": task, "method": method, "scores": dict(zip(lrs, scores)),
+                    "chosen": lrs[best], "where": where})
+    return out
+
+
+def _grid_lines(rows: list[dict], grid: Path) -> list[str]:
+    lines = ["## Learning-rate search (ours)", "",
+             f"From `{grid}`: each lr's final score (median over its seeds), the chosen one in bold; \"edge\" marks "
+             "a choice at the smallest or largest lr searched (the optimum may lie outside the grid).", "",
+             "| Model | Task | Method | Score (%) per lr | Chosen lr | Where |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        scores = ", ".join((f"**{lr:g}: {v:.1f}**" if lr == r["chosen"] else f"{lr:g}: {v:.1f}")
+                           for lr, v in r["scores"].items())
+        where = {"low": "edge (smallest)", "high": "edge (largest)"}.get(r["where"], r["where"])
+        lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {scores} | {r['chosen']:g} | {where} |")
+    return lines + [""]
 
 
 def seed_rows(mine: pd.DataFrame) -> list[dict]:
@@ -104,7 +142,7 @@ def _seed_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(results: Path, out: Path) -> pd.DataFrame:
+def render(results: Path, out: Path, grid: Path | None = None) -> pd.DataFrame:
     paper = pd.read_csv(PAPER_CSV, comment="#")
     mine = ours(results)
     rows = []
@@ -137,6 +175,8 @@ def render(results: Path, out: Path) -> pd.DataFrame:
               "configuration run, each scored by the median over its seeds of the final score (the chosen lr, "
               "rank, seeds and number of configurations are in table1.csv).",
               "Paper: arXiv 2308.03303v1 Table 1 (best value over its lr x rank search).", ""]
+    if grid is not None:
+        lines += _grid_lines(grid_rows(per_config(grid)), grid)
     if len(mine):
         lines += _seed_lines(seed_rows(mine))
     (out / "table1.md").write_text("\n".join(lines) + "\n")
@@ -148,17 +188,24 @@ def main(argv: list[str] | None = None) -> int:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=REPO / "results" / "raw" / "glue_methods")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "table1")
+    ap.add_argument("--grid", type=Path, default=None,
+                    help="the learning-rate search's results (e.g. a sweep's seed-0 grid), shown per lr with its edges")
     ap.add_argument("--chosen", action="store_true", help="print each cell's chosen 'task method lr' and stop")
     args = ap.parse_args(argv)
     if args.chosen:
         for task, method, lr in chosen(args.results):
             print(task, method, f"{lr:g}")
+        for r in grid_rows(per_config(args.results)):
+            if r["where"] in ("low", "high"):
+                print(f"note: {r['task']} {r['method']}: the chosen lr {r['chosen']:g} is the grid's "
+                      f"{'smallest' if r['where'] == 'low' else 'largest'}; the optimum may lie outside it",
+                      file=sys.stderr)
         return
     check_renderer(ap.prog, args.out, not ours(args.results).empty,
                    f"no successful GLUE training runs under {args.results}. Fix: run the sweep first (python -m "
                    "lorafa_repro.train --config-dir sweeps --config-name glue_methods task.data_dir=<glue_data>) "
                    "or pass --results <its folder>")
-    render(args.results, args.out)
+    render(args.results, args.out, args.grid)
     print((args.out / "table1.md").read_text())
     print_written(args.out / "table1.md", args.out / "table1.csv")
     return 0

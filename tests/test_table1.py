@@ -86,3 +86,31 @@ def test_table1_seeds_spread_and_paired_difference(synthetic_glue: Path, tmp_pat
     md = (tmp_path / "out" / "table1.md").read_text()
     assert "## Seeds of each chosen configuration (ours)" in md and "| LoRA-FA - LoRA | | 3 pairs |" in md
     assert mod.chosen(tmp_path / "raw") == [("sst2", m, 1e-2) for m in ("ft", "lora", "lora_fa")]
+
+
+def test_table1_grid_marks_the_chosen_lr_and_its_edge(tmp_path: Path) -> None:
+    """The lr search section: scores in ascending lr, the best chosen (median over seeds, not the mean), and an
+    optimum at the smallest / largest lr flagged as the grid's edge, an interior one not."""
+    import pandas as pd
+
+    mod = _table1()
+    row = dict(model="m", rank=8, alpha_scaling="standard", trainable=1, sd=0.0, seeds=1, seed_scores={})
+    frame = pd.DataFrame([
+        {**row, "task": "sst2", "method": "lora", "lr": 4e-3, "score": 80.0, "mean": 80.0},
+        {**row, "task": "sst2", "method": "lora", "lr": 1e-3, "score": 70.0, "mean": 70.0},
+        {**row, "task": "sst2", "method": "lora", "lr": 2e-3, "score": 75.0, "mean": 90.0},  # mean is not the score
+        {**row, "task": "sst2", "method": "ft", "lr": 1e-4, "score": 60.0, "mean": 60.0},
+        {**row, "task": "sst2", "method": "ft", "lr": 2e-5, "score": 65.0, "mean": 65.0},
+        {**row, "task": "sst2", "method": "ft", "lr": 5e-5, "score": 85.0, "mean": 85.0},
+        {**row, "task": "mrpc", "method": "ft", "lr": 5e-5, "score": 85.0, "mean": 85.0},
+        {**row, "task": "mrpc", "method": "lora", "lr": 1e-3, "score": 71.0, "mean": 71.0},
+        {**row, "task": "mrpc", "method": "lora", "lr": 2e-3, "score": 70.0, "mean": 70.0},
+    ])
+    got = {(r["task"], r["method"]): r for r in mod.grid_rows(frame)}
+    assert list(got[("sst2", "lora")]["scores"]) == [1e-3, 2e-3, 4e-3]
+    assert (got[("sst2", "lora")]["chosen"], got[("sst2", "lora")]["where"]) == (4e-3, "high")
+    assert (got[("sst2", "ft")]["chosen"], got[("sst2", "ft")]["where"]) == (5e-5, "inside")
+    assert (got[("mrpc", "lora")]["chosen"], got[("mrpc", "lora")]["where"]) == (1e-3, "low")
+    assert got[("mrpc", "ft")]["where"] == "one lr"
+    lines = "\n".join(mod._grid_lines(mod.grid_rows(frame), tmp_path))
+    assert "| m | sst2 | lora | 0.001: 70.0, 0.002: 75.0, **0.004: 80.0** | 0.004 | edge (largest) |" in lines
