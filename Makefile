@@ -199,6 +199,8 @@ STUDY_PARALLEL = xargs -P $(STUDY_JOBS) -L 1 $(STUDY_RUN)
 RANK_LR_GRIDS = lora:standard:2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3 lora_fa:standard:1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2 \
   lora:rslora:1.25e-4,2.5e-4,5e-4,1e-3,2e-3,4e-3 lora_fa:rslora:2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3
 RANK_LR_RANKS = 1 4 16 64
+# seed-major order: an interrupted study has every cell at seed 0 before any at seed 1 (one seed of the whole landscape)
+RANK_LR_SEEDS = 0 1
 # Table 1: tasks, each method's learning-rate grid (seed 0), then the seeds run at each cell's chosen lr
 TABLE1_TASKS = sst2 mrpc stsb
 # (LoRA-FA's grid starts at 2e-3 and reaches 1.6e-2 because the rank x lr study put its rank 4-16 optimum at 8e-3 under
@@ -211,10 +213,10 @@ CLAIMS_TABLE1_RENDER = $(PYTHON) analysis/table1.py --results $(CLAIMS)/table1/r
 
 study-rank-lr:  ## issue 20: rank {1,4,16,64} x 6 lrs x {LoRA, LoRA-FA} x {alpha/r, rsLoRA} x 2 seeds on SST-2 (192 runs of 100 steps) -> results/claims/rank_lr/
 	@test -n "$(MINILM_DIR)" || { echo "the study's encoder is missing. Fix: make install-extras"; exit 2; }
-	status=0; for group in $(RANK_LR_GRIDS); do set -- $$(echo $$group | tr : ' '); for rank in $(RANK_LR_RANKS); do \
-	  echo "--config-name study_rank_lr method=$$1 method.alpha_scaling=$$2 method.rank=$$rank optim.lr=$$3 \
-	  task.data_dir=$(REAL_GLUE_DIR)"; \
-	  done; done | $(STUDY_PARALLEL) || status=1; \
+	status=0; for seed in $(RANK_LR_SEEDS); do for group in $(RANK_LR_GRIDS); do set -- $$(echo $$group | tr : ' '); \
+	  for rank in $(RANK_LR_RANKS); do echo "--config-name study_rank_lr method=$$1 method.alpha_scaling=$$2 \
+	  method.rank=$$rank optim.lr=$$3 seed=$$seed task.data_dir=$(REAL_GLUE_DIR)"; \
+	  done; done; done | $(STUDY_PARALLEL) || status=1; \
 	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results $(CLAIMS)/rank_lr/raw --out $(CLAIMS)/rank_lr \
 	  --model all-minilm-l6-v2 --task sst2 && exit $$status
 
