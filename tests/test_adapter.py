@@ -79,7 +79,7 @@ def test_near_identity_init_and_trainables(family: str) -> None:
     n_blocks = len([n for n in trained if n.endswith("adapters.attn.down.weight")])
     expected_blocks = {"bert": 2, "roberta": 2, "t5": 4, "llama": 2}[family]  # T5: encoder + decoder blocks
     assert n_blocks == expected_blocks
-    assert all(".adapters." in n or "norm" in n.lower() or n.startswith("classifier") for n in trained)
+    assert all(".adapters." in n or "norm" in n.lower() or n.startswith(("classifier", "bert.pooler")) for n in trained)
     assert any("norm" in n.lower() for n in trained)
     assert (family not in ENCODERS) or any(n.startswith("classifier") for n in trained)
     # frozen norms by option
@@ -110,7 +110,7 @@ def test_exactly_the_expected_parameters_train(family: str, norms: bool, embed_n
     model = apply_method(tiny(family), "adapter", rank=4, alpha=None, adapter_train_norms=norms,
                          adapter_train_embed_norm=embed_norm)
     names = [n for n, _ in model.named_parameters()]
-    wanted = {n for n in names if ".adapters." in n or n.startswith("classifier.")
+    wanted = {n for n in names if ".adapters." in n or n.startswith(("classifier.", "bert.pooler."))
               or (norms and re.match(BLOCK_NORMS[family], n))
               or (embed_norm and family in EMBED_NORMS and n.startswith(EMBED_NORMS[family]))}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == wanted

@@ -80,9 +80,11 @@ def test_real_pretrained_encoder_from_a_pip_package(tmp_path: Path, synthetic_gl
 def test_tiny_bert_runs_the_minilm_code_path(tmp_path: Path, synthetic_glue: Path) -> None:
     """model=tiny_bert: BertForSequenceClassification (the architecture of the all-MiniLM-L6-v2 demos, pooler
     included) trains with LoRA-FA by default, without the pip model: adapters on every block linear, the
-    pooler frozen, the loss going down."""
-    overrides = ["model=tiny_bert", "trainer=tiny", "trainer.max_steps=60", "trainer.log_every=1",
-                 "method=lora_fa", "method.rank=4", "optim.lr=3e-2", "optim.warmup_ratio=0",
+    head (classifier and the pooler it reads) trained in full, the loss going down."""
+    # 100 steps at 1e-2: loss ratio 0.51 / 0.50 at seeds 0 / 1 (60 steps at 3e-2, fine with the pooler frozen, is
+    # unstable once the tanh pooler trains: 0.41-0.99 over nearby lrs and seeds)
+    overrides = ["model=tiny_bert", "trainer=tiny", "trainer.max_steps=100", "trainer.log_every=1",
+                 "method=lora_fa", "method.rank=4", "optim.lr=1e-2", "optim.warmup_ratio=0",
                  "task=glue/sst2", "task.max_train_samples=16", f"task.data_dir={synthetic_glue}"]
     result = run(compose_cfg(overrides), tmp_path)
     assert result["status"] == "success"
@@ -99,4 +101,24 @@ def test_tiny_bert_runs_the_minilm_code_path(tmp_path: Path, synthetic_glue: Pat
     fa = apply_method(model, "lora_fa", rank=4, alpha=8, target_modules=["query", "key", "value", "dense"])
     trainable = {n for n, p in fa.named_parameters() if p.requires_grad}
     assert sum("lora_B" in n for n in trainable) == 2 * 6  # 2 blocks x (q, k, v, attn out, ffn in, ffn out)
-    assert not any("pooler" in n or "lora_A" in n for n in trainable)
+    assert not any("lora_A" in n for n in trainable)
+    assert {n for n in trainable if "pooler" in n} == {f"base_model.model.bert.pooler.modules_to_save.default.dense.{p}"
+                                                         for p in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("method", ["ft", "lora", "lora_fa", "qlora", "qlora_fa", "adapter"])
+def test_every_method_trains_the_whole_classification_head(method: str) -> None:
+    """The head is the same for every method: RoBERTa's classifier (dense + out_proj), BERT's classifier and the
+    pooler it reads (its first layer, no adapter inside); frozen, LoRA on all-MiniLM-L6-v2 never learned STS-B."""
+    from lorafa_repro.methods import apply_method
+    from lorafa_repro.models import build_model
+
+    for name, head in (("tiny_bert", ("bert.pooler.dense.", "classifier.")),
+                       ("tiny_roberta", ("classifier.dense.", "classifier.out_proj."))):
+        model = build_model(compose_cfg([f"model={name}"]).model, task_kind="classification", num_labels=1)
+        adapted = apply_method(model, method, rank=4, alpha=8)
+        trainable = [n.replace("base_model.model.", "").replace("modules_to_save.default.", "")
+                     for n, p in adapted.named_parameters() if p.requires_grad]
+        for prefix in head:
+            assert {n for n in trainable if n.startswith(prefix)} == {prefix + "weight", prefix + "bias"}, (name, prefix)
+        assert not any(("lora_" in n or ".adapters." in n) and ("pooler" in n or "classifier" in n) for n in trainable)
