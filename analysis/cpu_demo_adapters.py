@@ -45,9 +45,11 @@ def load_runs(results: Path) -> list[dict[str, Any]]:
 
 
 def saved_bytes_per_method(model_dir: str, options: dict[str, dict[str, Any]], rank: int = 8, batch: int = 32,
-                           seq: int = 128) -> dict[str, int]:
-    """Activation bytes saved for backward by one forward of the real MiniLM at the demo's batch, per method,
-    with the method options its runs trained with (``options``: method -> :func:`method_options`)."""
+                           seq: int = 128) -> dict[str, tuple[int, int]]:
+    """``(activation bytes saved for backward, trainable parameters)`` of one forward of the real MiniLM at the
+    demo's batch, per method, with the method options its runs trained with (``options``: method ->
+    :func:`method_options`) and the current code (the trainable count shows whether that code trains what the
+    runs trained)."""
     import torch
     from types import SimpleNamespace
 
@@ -68,11 +70,12 @@ def saved_bytes_per_method(model_dir: str, options: dict[str, dict[str, Any]], r
         g = torch.Generator().manual_seed(0)
         b = {"input_ids": torch.randint(1000, 20000, (batch, seq), generator=g),
              "attention_mask": torch.ones(batch, seq, dtype=torch.long), "labels": torch.zeros(batch, dtype=torch.long)}
-        out[method] = measure_saved_bytes(model, b).activation_bytes
+        out[method] = (measure_saved_bytes(model, b).activation_bytes,
+                       sum(p.numel() for p in model.parameters() if p.requires_grad))
     return out
 
 
-def render(runs: list[dict[str, Any]], saved: dict[str, int] | None) -> str:
+def render(runs: list[dict[str, Any]], saved: dict[str, tuple[int, int]] | None) -> str:
     lines = ["# Adapters vs LoRA vs LoRA-FA vs FT: all-MiniLM-L6-v2 on real SST-2 and MRPC (CPU scale)", ""]
     for task in sorted({r["task"] for r in runs}):
         rows = sorted((r for r in runs if r["task"] == task),
@@ -83,7 +86,7 @@ def render(runs: list[dict[str, Any]], saved: dict[str, int] | None) -> str:
                   "| saved for backward, batch 32x128 (MiB) | process peak RSS (MiB) | train time (s) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
-            sv = f"{saved[r['method']] / MIB:,.0f}" if saved and r["method"] in saved else "-"
+            sv = f"{saved[r['method']][0] / MIB:,.0f}" if saved and r["method"] in saved else "-"
             rss = f"{r['peak_rss'] / MIB:,.0f}" if r["peak_rss"] else "-"
             lines.append(f"| {LABEL.get(r['method'], r['method'])} | {r['lr']:g} | {r['rank'] or '-'} | "
                          f"{100 * r['score']:.1f} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) | "
@@ -92,6 +95,15 @@ def render(runs: list[dict[str, Any]], saved: dict[str, int] | None) -> str:
     steps = sorted({r["steps"] for r in runs})
     shas = sorted({r["sha"] for r in runs})
     lines += [f"Steps per run: {', '.join(map(str, steps))}; batch 32; one seed; git {', '.join(shas)}."]
+    differ = sorted({(r["method"], r["trainable"], saved[r["method"]][1]) for r in runs
+                     if saved and r["method"] in saved and saved[r["method"]][1] != r["trainable"]},
+                    key=lambda t: METHOD_ORDER.index(t[0]) if t[0] in METHOD_ORDER else 99)
+    if differ:
+        lines += ["", "The saved-for-backward column is measured when this page is rendered, with the current code, "
+                  "which trains another parameter set than the runs did: "
+                  + "; ".join(f"{LABEL.get(m, m)} {now:,} trainable now, {then:,} in its runs" for m, then, now in differ)
+                  + ". Since those runs the task head of every method also trains BERT's pooler (the first layer of "
+                  "its classification head). The other columns are the runs' own."]
     return "\n".join(lines) + "\n"
 
 
