@@ -251,6 +251,8 @@ render:  ## re-render every committed table and figure from its committed result
 	$(PYTHON) analysis/long_context_smollm2.py --results results/long_context_smollm2/raw --out results/long_context_smollm2
 	$(PYTHON) analysis/fig4_rank_lr_heatmap.py --results results/claims/rank_lr/raw --out results/claims/rank_lr \
 	  --model all-minilm-l6-v2 --task sst2
+	$(PYTHON) analysis/table1.py --results $(CLAIMS)/head_check/raw/frozen_pooler/grid \
+	  --grid $(CLAIMS)/head_check/raw/frozen_pooler/grid --out $(CLAIMS)/head_check/frozen_pooler_grid
 
 # --- issue 21: our training loop beside HF Trainer ---
 .PHONY: bench-train
