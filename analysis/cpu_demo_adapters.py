@@ -102,8 +102,7 @@ def render(runs: list[dict[str, Any]], saved: dict[str, tuple[int, int]] | None)
         lines += ["", "The saved-for-backward column is measured when this page is rendered, with the current code, "
                   "which trains another parameter set than the runs did: "
                   + "; ".join(f"{LABEL.get(m, m)} {now:,} trainable now, {then:,} in its runs" for m, then, now in differ)
-                  + ". Since those runs the task head of every method also trains BERT's pooler (the first layer of "
-                  "its classification head). The other columns are the runs' own."]
+                  + " (why: results/cpu_demo_adapters/README.md). The other columns are the runs' own."]
     return "\n".join(lines) + "\n"
 
 
