@@ -180,6 +180,19 @@ def test_mrpc_train_rebuilt_from_source(tmp_path: Path) -> None:
     assert len(load_glue_split("mrpc", "train", data_dir=tmp_path)) == 2
 
 
+def test_mrpc_train_rebuilt_from_source_is_never_empty(tmp_path: Path) -> None:
+    """The rebuilt split gets the same checks as a train.tsv: columns present and at least one row left."""
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+    _write(tmp_path / "MRPC" / "msr_paraphrase_train.txt", [header, "0\t3\t4\ta two\tb two"], bom=True)
+    _write(tmp_path / "MRPC" / "dev_ids.tsv", ["3\t4"])
+    _write(tmp_path / "MRPC" / "dev.tsv", [header, "0\t3\t4\ta two\tb two"], bom=True)
+    with pytest.raises(gd.MalformedDataError, match="msr_paraphrase_train.txt holds no usable row .every row is a dev"):
+        load_glue_split("mrpc", "train", data_dir=tmp_path)
+    _write(tmp_path / "MRPC" / "msr_paraphrase_train.txt", ["Quality\tA\tB", "1\tx\ty"], bom=True)
+    with pytest.raises(gd.MalformedDataError, match="msr_paraphrase_train.txt lacks the column"):
+        load_glue_split("mrpc", "train", data_dir=tmp_path)
+
+
 def test_malformed_rows_are_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write(tmp_path / "QQP" / "train.tsv", [
         "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",

@@ -310,17 +310,18 @@ def read_local_split(data_dir: str | Path, task: str, split: str) -> tuple[list[
     check_local_glue(root, info.name, (split,))
     path = local_split_path(root, info.name, split)
     sources = _mrpc_sources(path.parent) if info.name == "mrpc" and split == "train" else None
-    if sources is not None:
+    if sources is not None:  # MRPC's train split rebuilt from the original release minus the dev pairs
         src, ids_file = sources
         dev_ids = {(r[0].strip(), r[1].strip()) for r in _read_tsv(ids_file) if len(r) >= 2}
-        return _parse_rows(info, _read_tsv(src),
-                           keep=lambda f: (f["#1 ID"].strip(), f["#2 ID"].strip()) not in dev_ids)
+        return _checked_rows(info, src,
+                             keep=lambda f: (f["#1 ID"].strip(), f["#2 ID"].strip()) not in dev_ids)
     return _checked_rows(info, path)
 
 
-def _checked_rows(info: GlueTaskInfo, path: Path) -> tuple[list[GlueExample], int]:
-    """``_parse_rows`` of one file, with a MalformedDataError naming the file and the fix when it is not UTF-8,
-    lacks the task's columns or holds no usable row."""
+def _checked_rows(info: GlueTaskInfo, path: Path,
+                  keep: Callable[[dict[str | int, str]], bool] | None = None) -> tuple[list[GlueExample], int]:
+    """``_parse_rows`` of one file (``keep`` as there), with a MalformedDataError naming the file and the fix
+    when it is not UTF-8, lacks the task's columns or holds no usable row (so no split is ever empty)."""
     fix = f"Fix: use the original GLUE file ({info.dir_name}/{path.name}, UTF-8, tab-separated)"
     try:
         rows = _read_tsv(path)
@@ -331,10 +332,10 @@ def _checked_rows(info: GlueTaskInfo, path: Path) -> tuple[list[GlueExample], in
         missing = [c for c in (fmt.label_col, *fmt.text_cols) if c is not None and c not in rows[0]]
         if missing:
             raise MalformedDataError(f"{path} lacks the column(s) {missing} (header: {rows[0][:8]}). {fix}")
-    examples, skipped = _parse_rows(info, rows)
+    examples, skipped = _parse_rows(info, rows, keep=keep)
     if not examples:
-        raise MalformedDataError(f"{path} holds no usable row ({'empty' if not rows else f'{skipped} malformed'}). "
-                                 f"{fix}")
+        why = "empty" if not rows else f"{skipped} malformed" if skipped else "every row is a dev pair in dev_ids.tsv"
+        raise MalformedDataError(f"{path} holds no usable row ({why}). {fix}")
     return examples, skipped
 
 
