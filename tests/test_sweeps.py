@@ -226,6 +226,34 @@ def test_multirun_goes_on_after_a_failed_cell_and_ends_with_a_summary(synthetic_
     assert "diverged    " in proc.stderr
 
 
+def test_the_summary_leaves_out_cells_another_live_process_is_running(tmp_path: Path, capsys) -> None:
+    """`make study-*` runs two multiruns into one sweep folder: the first to end must not call the other's cell
+    in flight a failure (it did: make exited 2 after every cell of study 4 had succeeded); a cell left
+    `running` by a killed run (its lock released by the kernel) still is one."""
+    from omegaconf import OmegaConf
+
+    from lorafa_repro.results import new_result, write_json_atomic
+    from lorafa_repro.rundir import locked
+    from lorafa_repro.sweep import FailureSummary
+
+    cells = {name: tmp_path / name for name in ("done", "in_flight", "starting")}
+    for name, cell in cells.items():
+        (cell / ".hydra").mkdir(parents=True)
+        if name != "starting":  # a run that holds its lock but has not written result.json yet: "missing"
+            finished = {"status": "success", "metrics": {"final": {"score": 0.5}, "best": {"score": 0.5}},
+                        "params": {"trainable": 1, "total": 2}, "memory": {"backend": "cpu"}}
+            write_json_atomic(cell / "result.json", new_result("train", {}) | (finished if name == "done" else {"status": "running"}))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with locked(cells["in_flight"]), locked(cells["starting"]):  # held as another process's run holds it
+        FailureSummary().on_multirun_end(config)
+    err = capsys.readouterr().err
+    assert "2 cell(s) under" in err and "running in another process" in err and "all 1 cells succeeded" in err, err
+    with pytest.raises(SystemExit) as exit_info:  # the holder is gone: a killed run, and a folder with no result
+        FailureSummary().on_multirun_end(config)
+    assert exit_info.value.code == 1
+    assert "2 of 3 cells did not succeed" in capsys.readouterr().err
+
+
 # ---- bad input: one message, before expensive work ---------------------------------------------------
 
 def test_unknown_target_module_fails_before_data_is_loaded(tmp_path: Path, monkeypatch) -> None:

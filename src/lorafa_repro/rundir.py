@@ -86,6 +86,26 @@ def locked(run_dir: Path) -> Iterator[None]:
                     run_dir.rmdir()
 
 
+def held_by(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock now (a live run, in any process on this host or one sharing a flock-capable
+    file system), or None: no lock file, or its holder has gone. Probes with a shared lock released at once, so
+    it never blocks a holder; call it only on a folder whose run has started, as a run starting in the same
+    instant would find the folder in use."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    with os.fdopen(fd) as f:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_text(f.read())
+        except OSError:  # no flock here: nothing can be said
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+
+
 def move_aside(run_dir: Path) -> Path | None:
     """Move the run's files (:data:`RUN_FILES`) to ``run_dir/replaced/<UTC time>/``; that folder, or None
     when there was nothing to move."""

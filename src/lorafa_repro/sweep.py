@@ -1,6 +1,8 @@
 """What a multirun reports at its end: :class:`FailureSummary`, a Hydra callback (``hydra.callbacks`` in
 conf/train.yaml) that reads every cell's result.json under the sweep directory, so it works with every
-launcher (basic, joblib, submitit: the cells may have run in other processes or on other nodes)."""
+launcher (basic, joblib, submitit: the cells may have run in other processes or on other nodes). A cell another
+live process is running now (two multiruns sharing one sweep directory, as ``make study-*`` runs them) is not
+this multirun's and is listed apart, not as a failure."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lorafa_repro.results import try_read_result
+from lorafa_repro.rundir import held_by
 
 
 def sweep_cells(sweep_dir: str | Path) -> list[tuple[Path, str, str]]:
@@ -27,6 +30,13 @@ def sweep_cells(sweep_dir: str | Path) -> list[tuple[Path, str, str]]:
         else:
             cells.append((run_dir, "missing" if why == "missing" else "unreadable", why or ""))
     return cells
+
+
+def in_progress_elsewhere(cells: list[tuple[Path, str, str]]) -> list[tuple[Path, str, str]]:
+    """The cells not finished (``running`` or ``missing``) whose run directory a live run holds now: ``(run dir,
+    status, holder)``. At a multirun's end its own cells have all returned, so these belong to another process."""
+    held = ((run_dir, status, held_by(run_dir)) for run_dir, status, _ in cells if status in ("running", "missing"))
+    return [(run_dir, status, holder) for run_dir, status, holder in held if holder is not None]
 
 
 def failure_report(cells: list[tuple[Path, str, str]]) -> str | None:
@@ -46,6 +56,14 @@ class FailureSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         cells = sweep_cells(config.hydra.sweep.dir)
+        elsewhere = in_progress_elsewhere(cells)
+        if elsewhere:
+            print(f"sweep: {len(elsewhere)} cell(s) under {config.hydra.sweep.dir} are running in another process, "
+                  "not counted here:", file=sys.stderr)
+            for run_dir, _, holder in elsewhere:
+                print(f"  running     {run_dir}  ({holder})", file=sys.stderr)
+            others = {run_dir for run_dir, _, _ in elsewhere}
+            cells = [c for c in cells if c[0] not in others]
         report = failure_report(cells)
         if report is None:
             print(f"sweep: all {len(cells)} cells succeeded ({config.hydra.sweep.dir})", file=sys.stderr)
