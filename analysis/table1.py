@@ -66,7 +66,11 @@ def per_config(results: Path) -> pd.DataFrame:
 def ours(results: Path) -> pd.DataFrame:
     """Per (model, method, task) the best configuration (lr, rank, alpha_scaling) by the median over its seeds;
     ``seed_scores`` holds its score per seed."""
-    configs_run = per_config(results)
+    return best_configs(per_config(results))
+
+
+def best_configs(configs_run: pd.DataFrame) -> pd.DataFrame:
+    """:func:`ours` of the rows of :func:`per_config`."""
     if configs_run.empty:
         return pd.DataFrame(columns=COLUMNS)
     best = configs_run.loc[configs_run.groupby(["model", "method", "task"])["score"].idxmax()]
@@ -75,18 +79,19 @@ def ours(results: Path) -> pd.DataFrame:
 
 
 def grid_rows(configs_run: pd.DataFrame) -> list[dict]:
-    """Per (model, task, method) of a learning-rate search: the score at each lr (ascending), the chosen lr (best
-    score) and where it lies: "low" / "high" on the grid's edge (the optimum may lie outside: widen the grid),
-    "inside", or "one lr"."""
+    """Per (model, task, method, rank, alpha_scaling) of a learning-rate search: the score at each lr
+    (ascending), the chosen lr (best score) and where it lies: "low" / "high" on the grid's edge (the optimum may
+    lie outside: widen the grid), "inside", or "one lr". A search over several ranks gives one row per rank."""
     out = []
-    for (model, task, method), cells in configs_run.groupby(["model", "task", "method"]):
+    keys = ["model", "task", "method", "rank", "alpha_scaling"]
+    for (model, task, method, rank, scaling), cells in configs_run.groupby(keys, dropna=False):
         cells = cells.sort_values("lr")
         lrs, scores = list(cells["lr"]), list(cells["score"])
         best = max(range(len(lrs)), key=lambda i: scores[i])
         where = ("one lr" if len(lrs) == 1 else "low" if best == 0 else "high" if best == len(lrs) - 1
                  else "inside")
-        out.append({"model": model, "task": task, "method": method, "scores": dict(zip(lrs, scores)),
-                    "chosen": lrs[best], "where": where})
+        out.append({"model": model, "task": task, "method": method, "rank": rank, "alpha_scaling": scaling,
+                    "scores": dict(zip(lrs, scores)), "chosen": lrs[best], "where": where})
     return out
 
 
@@ -95,11 +100,13 @@ def _grid_lines(rows: list[dict], grid: Path) -> list[str]:
              f"From `{grid}`: each lr's final score (median over its seeds), the chosen one in bold; \"edge\" marks "
              "a choice at the smallest or largest lr searched (the optimum may lie outside the grid).", "",
              "| Model | Task | Method | Score (%) per lr | Chosen lr | Where |", "|---|---|---|---|---|---|"]
+    several = len({(r["rank"], r["alpha_scaling"]) for r in rows}) > 1  # name the rank when the search had several
     for r in rows:
         scores = ", ".join((f"**{lr:g}: {v:.1f}**" if lr == r["chosen"] else f"{lr:g}: {v:.1f}")
                            for lr, v in r["scores"].items())
         where = {"low": "edge (smallest)", "high": "edge (largest)"}.get(r["where"], r["where"])
-        lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {scores} | {r['chosen']:g} | {where} |")
+        method = f"{r['method']} (r={r['rank']:g}, {r['alpha_scaling']})" if several else r["method"]
+        lines.append(f"| {r['model']} | {r['task']} | {method} | {scores} | {r['chosen']:g} | {where} |")
     return lines + [""]
 
 
@@ -118,9 +125,9 @@ def seed_rows(mine: pd.DataFrame) -> list[dict]:
     return out
 
 
-def chosen(results: Path) -> list[tuple[str, str, float]]:
-    """(task, method, lr) of every cell's chosen configuration."""
-    mine = ours(results)
+def chosen(results: Path | pd.DataFrame) -> list[tuple[str, str, float]]:
+    """(task, method, lr) of every cell's chosen configuration (``results``: a folder, or its :func:`per_config`)."""
+    mine = best_configs(results if isinstance(results, pd.DataFrame) else per_config(results))
     return [(r["task"], r["method"], float(r["lr"])) for _, r in mine.sort_values(["task", "method"]).iterrows()]
 
 
@@ -142,9 +149,11 @@ def _seed_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(results: Path, out: Path, grid: Path | None = None) -> pd.DataFrame:
+def render(results: Path, out: Path, grid: Path | None = None, configs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Write table1.md / table1.csv; ``configs``: :func:`per_config` of ``results`` when the caller has read it."""
     paper = pd.read_csv(PAPER_CSV, comment="#")
-    mine = ours(results)
+    configs = per_config(results) if configs is None else configs
+    mine = best_configs(configs)
     rows = []
     keys = sorted(set(zip(paper["model"], paper["method"])) | set(zip(mine["model"], mine["method"])))
     for model, method in keys:
@@ -176,7 +185,7 @@ def render(results: Path, out: Path, grid: Path | None = None) -> pd.DataFrame:
               "rank, seeds and number of configurations are in table1.csv).",
               "Paper: arXiv 2308.03303v1 Table 1 (best value over its lr x rank search).", ""]
     if grid is not None:
-        lines += _grid_lines(grid_rows(per_config(grid)), grid)
+        lines += _grid_lines(grid_rows(configs if grid == results else per_config(grid)), grid)
     if len(mine):
         lines += _seed_lines(seed_rows(mine))
     (out / "table1.md").write_text("\n".join(lines) + "\n")
@@ -192,20 +201,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="the learning-rate search's results (e.g. a sweep's seed-0 grid), shown per lr with its edges")
     ap.add_argument("--chosen", action="store_true", help="print each cell's chosen 'task method lr' and stop")
     args = ap.parse_args(argv)
+    configs = per_config(args.results)
     if args.chosen:
-        for task, method, lr in chosen(args.results):
+        for task, method, lr in chosen(configs):
             print(task, method, f"{lr:g}")
-        for r in grid_rows(per_config(args.results)):
+        for r in grid_rows(configs):
             if r["where"] in ("low", "high"):
                 print(f"note: {r['task']} {r['method']}: the chosen lr {r['chosen']:g} is the grid's "
                       f"{'smallest' if r['where'] == 'low' else 'largest'}; the optimum may lie outside it",
                       file=sys.stderr)
         return
-    check_renderer(ap.prog, args.out, not ours(args.results).empty,
+    check_renderer(ap.prog, args.out, not best_configs(configs).empty,
                    f"no successful GLUE training runs under {args.results}. Fix: run the sweep first (python -m "
                    "lorafa_repro.train --config-dir sweeps --config-name glue_methods task.data_dir=<glue_data>) "
                    "or pass --results <its folder>")
-    render(args.results, args.out, args.grid)
+    render(args.results, args.out, args.grid, configs)
     print((args.out / "table1.md").read_text())
     print_written(args.out / "table1.md", args.out / "table1.csv")
     return 0

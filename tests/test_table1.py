@@ -105,7 +105,14 @@ def test_table1_grid_marks_the_chosen_lr_and_its_edge(tmp_path: Path) -> None:
         {**row, "task": "mrpc", "method": "ft", "lr": 5e-5, "score": 85.0, "mean": 85.0},
         {**row, "task": "mrpc", "method": "lora", "lr": 1e-3, "score": 71.0, "mean": 71.0},
         {**row, "task": "mrpc", "method": "lora", "lr": 2e-3, "score": 70.0, "mean": 70.0},
+        {**row, "task": "sst2", "method": "lora", "rank": 64, "lr": 1e-3, "score": 95.0, "mean": 95.0},  # own row
+        {**row, "task": "sst2", "method": "lora", "rank": 64, "lr": 2e-3, "score": 90.0, "mean": 90.0},
     ])
+    by_rank = {(r["task"], r["method"], r["rank"]): r for r in mod.grid_rows(frame)}
+    assert (by_rank[("sst2", "lora", 64)]["chosen"], by_rank[("sst2", "lora", 64)]["where"]) == (1e-3, "low")
+    assert "| m | sst2 | lora (r=64, standard) | **0.001: 95.0**, 0.002: 90.0 | 0.001 | edge (smallest) |" in "\n".join(
+        mod._grid_lines(mod.grid_rows(frame), tmp_path))
+    frame = frame[frame["rank"] == 8]
     got = {(r["task"], r["method"]): r for r in mod.grid_rows(frame)}
     assert list(got[("sst2", "lora")]["scores"]) == [1e-3, 2e-3, 4e-3]
     assert (got[("sst2", "lora")]["chosen"], got[("sst2", "lora")]["where"]) == (4e-3, "high")
