@@ -25,9 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lorafa_repro.stats import mean_sd, steps_to_fraction
-
 from lorafa_repro.cli import ArgumentParser, check_renderer, print_written
+from lorafa_repro.stats import mean_sd, steps_to_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ft", "lora", "lora_fa")
@@ -227,7 +226,7 @@ def to_markdown(rows: list[dict[str, Any]], results: Path, model: str, fraction:
               "as LoRA and FT after the first few steps. It gives no numbers for the curves. Runs that differ only "
               "by seed share a row and a curve; `vs FT` is the mean loss over the second half of training divided "
               "by FT's (its learning rate with the lowest such loss; 1 = the same). Final dev score: the task's "
-              "main metric (MCC for CoLA, accuracy for SST-2) at the end of training, median over runs. Final loss "
+              "main metric (MCC for CoLA, Pearson for STS-B, accuracy otherwise) at the end of training, median over runs. Final loss "
               "sd: sample sd over seeds of the last logged loss. Steps to "
               f"{pct}: per run, the first periodic evaluation whose dev score reaches {pct} of that run's final "
               "score (resolution: `trainer.eval_every`), mean ± sample sd over the runs."]
