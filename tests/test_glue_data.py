@@ -394,3 +394,24 @@ def test_label_equal_to_the_number_of_classes_is_skipped(tmp_path: Path) -> None
     (tmp_path / "SST-2" / "dev.tsv").write_text("\n".join(rows) + "\n")
     examples = load_glue_split("sst2", "validation", data_dir=tmp_path)
     assert [(e.text_a, e.label) for e in examples] == [("good film", 1), ("bad film", 0)]
+
+
+def test_glue_task_refuses_a_tokenizer_that_drops_examples(synthetic_glue: Path) -> None:
+    """Encoding keeps one row per example: a tokenizer returning fewer encodings is an error, never a shorter
+    (or empty) training set."""
+    from omegaconf import OmegaConf
+
+    from lorafa_repro.models import byte_tokenizer
+    from lorafa_repro.tasks.glue import GlueTask
+
+    cfg = OmegaConf.create({"name": "sst2", "data_dir": str(synthetic_glue), "max_train_samples": 8,
+                            "max_eval_samples": 4, "max_seq_len": 32})
+    tokenizer = byte_tokenizer("encoder")
+    assert len(GlueTask(cfg).train_dataset(tokenizer)) == 8
+
+    def dropping(*args, **kwargs):
+        enc = tokenizer(*args, **kwargs)
+        return {k: v[:-1] for k, v in enc.items()}
+
+    with pytest.raises(RuntimeError, match="the tokenizer returned 7 encodings for 8 sst2 examples"):
+        GlueTask(cfg).train_dataset(dropping)

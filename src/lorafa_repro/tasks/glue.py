@@ -55,6 +55,9 @@ class GlueTask:
         a = [e.text_a for e in examples]
         b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
         enc = tokenizer(a, b, truncation=True, max_length=self.cfg.max_seq_len)
+        if not len(enc["input_ids"]) == len(enc["attention_mask"]) == len(examples):  # zip would drop the rest
+            raise RuntimeError(f"the tokenizer returned {len(enc['input_ids'])} encodings for {len(examples)} "
+                               f"{self.cfg.name} examples")
         label_type = float if self.info.is_regression else int
         return [
             {"input_ids": ids, "attention_mask": mask, "labels": label_type(e.label)}
