@@ -101,7 +101,8 @@ def render(runs: list[dict[str, Any]], saved: dict[str, tuple[int, int]] | None)
     if differ:
         lines += ["", "The saved-for-backward column is measured when this page is rendered, with the current code, "
                   "which trains another parameter set than the runs did: "
-                  + "; ".join(f"{LABEL.get(m, m)} {now:,} trainable now, {then:,} in its runs" for m, then, now in differ)
+                  + "; ".join(f"{LABEL.get(m, m)} {now:,} trainable now, {then:,} in its runs"
+                              for m, then, now in differ)
                   + " (why: results/cpu_demo_adapters/README.md). The other columns are the runs' own."]
     return "\n".join(lines) + "\n"
 

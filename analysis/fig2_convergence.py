@@ -226,8 +226,8 @@ def to_markdown(rows: list[dict[str, Any]], results: Path, model: str, fraction:
               "as LoRA and FT after the first few steps. It gives no numbers for the curves. Runs that differ only "
               "by seed share a row and a curve; `vs FT` is the mean loss over the second half of training divided "
               "by FT's (its learning rate with the lowest such loss; 1 = the same). Final dev score: the task's "
-              "main metric (MCC for CoLA, Pearson for STS-B, accuracy otherwise) at the end of training, median over runs. Final loss "
-              "sd: sample sd over seeds of the last logged loss. Steps to "
+              "main metric (MCC for CoLA, Pearson for STS-B, accuracy otherwise) at the end of training, median over "
+              "runs. Final loss sd: sample sd over seeds of the last logged loss. Steps to "
               f"{pct}: per run, the first periodic evaluation whose dev score reaches {pct} of that run's final "
               "score (resolution: `trainer.eval_every`), mean ± sample sd over the runs."]
     return "\n".join(lines) + "\n"

@@ -125,9 +125,9 @@ def seed_rows(mine: pd.DataFrame) -> list[dict]:
     return out
 
 
-def chosen(results: Path | pd.DataFrame) -> list[tuple[str, str, float]]:
-    """(task, method, lr) of every cell's chosen configuration (``results``: a folder, or its :func:`per_config`)."""
-    mine = best_configs(results if isinstance(results, pd.DataFrame) else per_config(results))
+def chosen(configs_run: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """(task, method, lr) of every cell's chosen configuration, from the rows of :func:`per_config`."""
+    mine = best_configs(configs_run)
     return [(r["task"], r["method"], float(r["lr"])) for _, r in mine.sort_values(["task", "method"]).iterrows()]
 
 

@@ -242,7 +242,8 @@ def test_the_summary_leaves_out_cells_another_live_process_is_running(tmp_path: 
         if name != "starting":  # a run that holds its lock but has not written result.json yet: "missing"
             finished = {"status": "success", "metrics": {"final": {"score": 0.5}, "best": {"score": 0.5}},
                         "params": {"trainable": 1, "total": 2}, "memory": {"backend": "cpu"}}
-            write_json_atomic(cell / "result.json", new_result("train", {}) | (finished if name == "done" else {"status": "running"}))
+            state = finished if name == "done" else {"status": "running"}
+            write_json_atomic(cell / "result.json", new_result("train", {}) | state)
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     with locked(cells["in_flight"]), locked(cells["starting"]):  # held as another process's run holds it
         FailureSummary().on_multirun_end(config)

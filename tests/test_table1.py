@@ -85,7 +85,7 @@ def test_table1_seeds_spread_and_paired_difference(synthetic_glue: Path, tmp_pat
         assert (diff["low"], diff["high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
     md = (tmp_path / "out" / "table1.md").read_text()
     assert "## Seeds of each chosen configuration (ours)" in md and "| LoRA-FA - LoRA | | 3 pairs |" in md
-    assert mod.chosen(tmp_path / "raw") == [("sst2", m, 1e-2) for m in ("ft", "lora", "lora_fa")]
+    assert mod.chosen(mod.per_config(tmp_path / "raw")) == [("sst2", m, 1e-2) for m in ("ft", "lora", "lora_fa")]
 
 
 def test_table1_grid_marks_the_chosen_lr_and_its_edge(tmp_path: Path) -> None:

@@ -32,11 +32,11 @@ def sweep_cells(sweep_dir: str | Path) -> list[tuple[Path, str, str]]:
     return cells
 
 
-def in_progress_elsewhere(cells: list[tuple[Path, str, str]]) -> list[tuple[Path, str, str]]:
-    """The cells not finished (``running`` or ``missing``) whose run directory a live run holds now: ``(run dir,
-    status, holder)``. At a multirun's end its own cells have all returned, so these belong to another process."""
-    held = ((run_dir, status, held_by(run_dir)) for run_dir, status, _ in cells if status in ("running", "missing"))
-    return [(run_dir, status, holder) for run_dir, status, holder in held if holder is not None]
+def in_progress_elsewhere(cells: list[tuple[Path, str, str]]) -> dict[Path, str]:
+    """Run directory -> holder of the cells not finished (``running`` or ``missing``) that a live run holds now.
+    At a multirun's end its own cells have all returned, so these belong to another process."""
+    held = {run_dir: held_by(run_dir) for run_dir, status, _ in cells if status in ("running", "missing")}
+    return {run_dir: holder for run_dir, holder in held.items() if holder is not None}
 
 
 def failure_report(cells: list[tuple[Path, str, str]]) -> str | None:
@@ -60,10 +60,9 @@ class FailureSummary(Callback):
         if elsewhere:
             print(f"sweep: {len(elsewhere)} cell(s) under {config.hydra.sweep.dir} are running in another process, "
                   "not counted here:", file=sys.stderr)
-            for run_dir, _, holder in elsewhere:
+            for run_dir, holder in elsewhere.items():
                 print(f"  running     {run_dir}  ({holder})", file=sys.stderr)
-            others = {run_dir for run_dir, _, _ in elsewhere}
-            cells = [c for c in cells if c[0] not in others]
+            cells = [c for c in cells if c[0] not in elsewhere]
         report = failure_report(cells)
         if report is None:
             print(f"sweep: all {len(cells)} cells succeeded ({config.hydra.sweep.dir})", file=sys.stderr)
